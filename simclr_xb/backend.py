@@ -1,0 +1,85 @@
+"""The backend interface: what simclr_xb.backends.torch and simclr_xb.backends.mlx implement.
+
+A backend is a package with (at least) the module ``api`` that defines the functions below
+with exactly these names and signatures; :mod:`simclr_xb.reference` defines the same names in
+float64 numpy. Arrays cross this interface as numpy arrays in the canonical conventions
+(NHWC images, OIHW conv weights, canonical parameter names), so conformance cases call
+``reference.f(*args)`` and ``backend.f(*args)`` with the same arguments. Inside, each backend
+keeps its own layout and converts in one function (``convert.py``).
+
+Module-level functions of ``api`` (``dtype`` is "float32" or "float64"; outputs are numpy):
+
+  available() -> bool; version() -> str; devices() -> list[str]
+  to_float(images_u8, dtype)
+  resized_crop(x, crop, size, dtype); hflip(x, flip, dtype)
+  adjust_brightness(x, factor, dtype); adjust_contrast(x, factor, dtype)
+  adjust_saturation(x, factor, dtype); adjust_hue(x, delta, dtype)
+  color_jitter(x, params, dtype); grayscale(x, mask, dtype)
+  gaussian_blur(x, sigma, mask, kernel_size, dtype)
+  augment(images_u8, params, cfg: AugmentConfig, dtype) -> (N, S, S, 3) NHWC
+  batch_norm(x, weight, bias, running_mean, running_var, train, momentum, eps, dtype)
+      -> (y, new_mean, new_var)
+  conv2d(x, w, stride, padding, dtype)
+  block(x, weights, spec: BlockSpec, train, momentum, eps, dtype) -> (y, bn_updates)
+  encoder(x, weights, cfg: ModelConfig, train, dtype) -> (h, bn_updates)
+  head(h, weights, cfg: ModelConfig, train, dtype) -> (z, bn_updates)
+  forward(x, weights, cfg, train, dtype) -> (h, z, bn_updates)
+  nt_xent(z, tau, dtype) -> float;   nt_xent_grad(z, tau, dtype) -> (2N, d)
+  lars_step(params, grads, momenta, lr, cfg: OptimConfig, excluded, dtype) -> (params, momenta)
+  train_step(weights, momenta, images_u8, p1, p2, lr, cfg: Config, dtype)
+      -> (loss, weights, momenta)        # one full SimCLR step, no probe
+
+The training loop (:mod:`simclr_xb.train`) uses one more object, ``api.Trainer``:
+
+  Trainer(cfg: Config, num_classes: int | None, device: str | None = None, dist=None)
+  .device -> str                                   # e.g. "cpu", "cuda:0", "gpu"
+  .train_step(images_u8, labels, p1, p2, lr) -> dict  # keys loss, probe_loss, probe_acc (floats)
+  .state_dict() -> dict[str, np.ndarray]           # canonical weights + "momentum/<name>"
+  .load_state_dict(state)                          # validates names and shapes
+  .encode(images_u8, batch_size) -> np.ndarray     # eval-mode h of the identity view
+
+``train_step`` takes the uint8 images and the two views' sampled parameters; the backend
+augments on its device. A backend never draws random numbers.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+BACKENDS = ("torch", "mlx")
+
+API_FUNCTIONS = (
+    "to_float", "resized_crop", "hflip", "adjust_brightness", "adjust_contrast",
+    "adjust_saturation", "adjust_hue", "color_jitter", "grayscale", "gaussian_blur", "augment",
+    "batch_norm", "conv2d", "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
+    "lars_step", "train_step",
+)
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's framework is not installed (or cannot start) on this machine."""
+
+
+def get_backend(name: str) -> ModuleType:
+    """Import ``simclr_xb.backends.<name>.api`` lazily (torch and mlx are optional extras)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: expected one of {BACKENDS}")
+    try:
+        return importlib.import_module(f"simclr_xb.backends.{name}.api")
+    except ImportError as e:
+        extra = "torch" if name == "torch" else "mlx"
+        raise BackendUnavailable(
+            f"backend {name!r} is not available ({e}); install it with: pip install 'simclr-xb[{extra}]'"
+        ) from e
+
+
+def available_backends() -> dict[str, str]:
+    """{name: version or the reason it is unavailable}."""
+    out = {}
+    for name in BACKENDS:
+        try:
+            api = get_backend(name)
+            out[name] = api.version()
+        except BackendUnavailable as e:
+            out[name] = f"unavailable: {e.__cause__}"
+    return out

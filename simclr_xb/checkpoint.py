@@ -1,0 +1,240 @@
+"""HDF5 checkpoints: one file, canonical names, atomic writes, checksums, backend-neutral.
+
+Layout of a checkpoint file (format ``simclr-xb-checkpoint``, version :data:`FORMAT_VERSION`)::
+
+    /weights/<canonical name>    every parameter and BN buffer (resnet_spec names, OIHW)
+    /momentum/<canonical name>   LARS momentum buffers
+    /extra/<key>                 anything else the loop keeps (e.g. per-step losses)
+    attrs: format, format_version, config (JSON), epoch, step, seed, backend,
+           versions (JSON), created, sha256
+
+``sha256`` covers every dataset (name, dtype, shape, bytes) and every other attribute, so a
+truncated or corrupted file is detected on load. Writes go to a temporary file in the same
+folder, are flushed and fsynced, then renamed over the target: a crash at any moment leaves
+the previous checkpoint intact.
+
+A run folder keeps ``ckpt-<step>.h5`` files (the newest ``keep`` of them) and ``last.h5``, a
+hard link to (or copy of) the newest; :func:`latest_good` falls back to an older file when the
+newest does not verify.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .config import Config
+
+FORMAT = "simclr-xb-checkpoint"
+FORMAT_VERSION = 1
+_GROUPS = ("weights", "momentum", "extra")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read, does not verify, or does not fit the model. Names the file."""
+
+
+@dataclass
+class Checkpoint:
+    config: Config
+    weights: dict[str, np.ndarray]
+    momentum: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    epoch: int = 0
+    step: int = 0
+    backend: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Weights plus ``momentum/<name>`` entries: what a backend Trainer loads."""
+        d = dict(self.weights)
+        d.update({f"momentum/{k}": v for k, v in self.momentum.items()})
+        return d
+
+
+def _digest(groups: dict[str, dict[str, np.ndarray]], attrs: dict[str, object]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(attrs):
+        h.update(f"attr:{key}={attrs[key]!s}\n".encode())
+    for g in _GROUPS:
+        for name in sorted(groups.get(g, {})):
+            a = np.ascontiguousarray(groups[g][name])
+            h.update(f"{g}/{name}:{a.dtype.str}:{a.shape}\n".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import sys
+    from . import __version__
+    out = {"simclr_xb": __version__, "python": platform.python_version(), "numpy": np.__version__,
+           "h5py": h5py.__version__}
+    for mod in ("torch", "mlx.core"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod.split(".")[0]] = getattr(m, "__version__", "?")
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (temp file, flush, fsync, rename)."""
+    path = Path(path)
+    groups = {"weights": ckpt.weights, "momentum": ckpt.momentum, "extra": ckpt.extra}
+    groups = {g: {k: np.asarray(v) for k, v in d.items()} for g, d in groups.items()}
+    attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": ckpt.config.to_json(),
+             "epoch": int(ckpt.epoch), "step": int(ckpt.step), "backend": ckpt.backend,
+             "versions": json.dumps(ckpt.versions or library_versions(), sort_keys=True),
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    attrs["sha256"] = _digest(groups, attrs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the folder {path.parent} for checkpoint {path.name}: "
+                              f"{e.strerror}") from None
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            for g, d in groups.items():
+                grp = f.create_group(g)
+                for name, a in d.items():
+                    grp.create_dataset(name, data=a)
+            f.flush()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e} "
+                              f"(the previous checkpoint, if any, is untouched)") from None
+    return path
+
+
+def _read_group(f: h5py.File, g: str) -> dict[str, np.ndarray]:
+    if g not in f:
+        return {}
+    return {name: np.asarray(ds[()]) for name, ds in f[g].items()}
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+    """Read and verify a checkpoint; errors name the file and what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            if attrs.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not a simclr-xb checkpoint (format attribute "
+                                      f"{attrs.get('format')!r})")
+            version = int(attrs.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise CheckpointError(f"checkpoint {path} has format version {version}; this simclr-xb "
+                                      f"reads versions up to {FORMAT_VERSION}: upgrade simclr-xb")
+            groups = {g: _read_group(f, g) for g in _GROUPS}
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt?): {e}") from None
+    if verify:
+        stored = attrs.pop("sha256", None)
+        plain = {k: (int(v) if isinstance(v, (np.integer,)) else v) for k, v in attrs.items()}
+        if stored is None or _digest(groups, plain) != stored:
+            raise CheckpointError(f"checkpoint {path} fails its checksum: the file is corrupt or was "
+                                  f"modified")
+    try:
+        cfg = Config.from_json(attrs["config"])
+    except Exception as e:  # noqa: BLE001 - any parse problem is a corrupt checkpoint
+        raise CheckpointError(f"checkpoint {path} has an invalid config: {e}") from None
+    return Checkpoint(config=cfg, weights=groups["weights"], momentum=groups["momentum"],
+                      extra=groups["extra"], epoch=int(attrs["epoch"]), step=int(attrs["step"]),
+                      backend=str(attrs.get("backend", "")),
+                      versions=json.loads(attrs.get("versions", "{}")), path=path)
+
+
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.h5$")
+
+
+def rolling_checkpoints(run_dir: str | Path) -> list[Path]:
+    """``ckpt-<step>.h5`` files of a run folder, newest first."""
+    run_dir = Path(run_dir)
+    found = [(int(m.group(1)), p) for p in run_dir.glob("ckpt-*.h5") if (m := _CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_rolling(run_dir: str | Path, ckpt: Checkpoint, keep: int) -> Path:
+    """Write ``ckpt-<step>.h5`` atomically, point ``last.h5`` at it, keep the newest ``keep``."""
+    run_dir = Path(run_dir)
+    target = save_checkpoint(run_dir / f"ckpt-{ckpt.step:08d}.h5", ckpt)
+    last = run_dir / "last.h5"
+    tmp = run_dir / f".last.h5.tmp-{os.getpid()}"
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        try:
+            os.link(target, tmp)
+        except OSError:  # file systems without hard links
+            import shutil
+            shutil.copyfile(target, tmp)
+        os.replace(tmp, last)
+        _fsync_dir(run_dir)
+    except OSError as e:
+        raise CheckpointError(f"could not update {last}: {e.strerror or e}") from None
+    for old in rolling_checkpoints(run_dir)[max(keep, 1):]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+    return last
+
+
+def latest_good(path: str | Path, warn=None) -> Checkpoint:
+    """Load ``path`` (a file or a run folder); if it fails to verify, fall back to the newest
+    older ``ckpt-*.h5`` that does, calling ``warn(message)`` for each one skipped."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    candidates = [run_dir / "last.h5"] if path.is_dir() else [path]
+    candidates += [p for p in rolling_checkpoints(run_dir) if p not in candidates]
+    errors = []
+    for c in candidates:
+        if not c.exists():
+            continue
+        try:
+            return load_checkpoint(c)
+        except CheckpointError as e:
+            errors.append(str(e))
+            if warn:
+                warn(f"skipping {c}: {e}")
+    if not errors:
+        raise CheckpointError(f"no checkpoint found at {path}")
+    raise CheckpointError(f"no readable checkpoint at {path}: " + " | ".join(errors))

@@ -1,0 +1,366 @@
+"""Typed, validated configuration with the paper's defaults and named presets.
+
+A :class:`Config` is a frozen tree of dataclasses (model, augment, loss, optim, train, data).
+It is built from a preset, then from a TOML/JSON file, then from ``section.field=value``
+overrides, and every step validates: a bad value raises :class:`ConfigError` naming the
+field and the allowed range. The config is saved (as JSON) inside every checkpoint.
+
+Sources for the defaults: Chen et al. 2020 (SimCLR) and the official tf2 code; see
+SIMCLR-FACTS.md. Where the two differ the docstring of the field says which one we follow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+LR_SCALINGS = ("linear", "sqrt")
+PRECISIONS = ("float32", "float64", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range. The message names the field."""
+
+
+def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"config field {name} = {value!r} is invalid: expected {allowed}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet50"
+    # Width multiplier of the paper (1x, 2x, 4x); the first stage has round(64 * width)
+    # channels, so 0.25 gives the narrow "width-16" ResNet used by the tiny preset.
+    width: float = 1.0
+    # CIFAR variant (paper appendix B.9): first conv 3x3 stride 1 and no max-pool.
+    cifar_stem: bool = False
+    # Zero-init the last BN gamma of each residual block (Goyal et al. 2017).
+    zero_init_residual: bool = False
+    # Projection head g: number of linear layers, hidden width (None = the encoder's feature
+    # width, as in the official code) and output width (128 in the paper).
+    head_layers: int = 2
+    head_hidden: int | None = None
+    head_out: int = 128
+    # Official code: BatchNorm after every head layer, no linear bias, and no BN beta on the
+    # last layer. False gives the paper's plain MLP with biases.
+    head_bn: bool = True
+    # BatchNorm (PyTorch convention: new = (1 - momentum) * old + momentum * batch).
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+
+    def validate(self) -> None:
+        _check(self.arch in ARCHS, "model.arch", self.arch, f"one of {ARCHS}")
+        _check(self.width > 0, "model.width", self.width, "a width multiplier > 0")
+        base = 64 * self.width
+        _check(abs(base - round(base)) < 1e-9 and round(base) >= 1, "model.width", self.width,
+               "a multiplier with 64 * width a positive integer (e.g. 0.25, 0.5, 1, 2, 4)")
+        _check(self.head_layers >= 1, "model.head_layers", self.head_layers, "an integer >= 1")
+        _check(self.head_hidden is None or self.head_hidden >= 1, "model.head_hidden",
+               self.head_hidden, "None or an integer >= 1")
+        _check(self.head_out >= 1, "model.head_out", self.head_out, "an integer >= 1")
+        _check(0 < self.bn_momentum <= 1, "model.bn_momentum", self.bn_momentum, "a value in (0, 1]")
+        _check(self.bn_eps > 0, "model.bn_eps", self.bn_eps, "a value > 0")
+
+    @property
+    def base_width(self) -> int:
+        return int(round(64 * self.width))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    # Output side of each view (square). The encoder sees image_size x image_size.
+    image_size: int = 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the source image
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio, sampled log-uniformly
+    crop_tries: int = 10
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    strength: float = 1.0  # colour-distortion strength s (1.0 ImageNet, 0.5 CIFAR-10)
+    gray_p: float = 0.2
+    blur_p: float = 0.5  # 0 turns blur off (the paper leaves it out for CIFAR-10)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def validate(self) -> None:
+        _check(self.image_size >= 8, "augment.image_size", self.image_size, "an integer >= 8")
+        lo, hi = self.crop_scale
+        _check(0 < lo <= hi <= 1, "augment.crop_scale", self.crop_scale, "0 < lo <= hi <= 1")
+        lo, hi = self.crop_ratio
+        _check(0 < lo <= hi, "augment.crop_ratio", self.crop_ratio, "0 < lo <= hi")
+        _check(self.crop_tries >= 1, "augment.crop_tries", self.crop_tries, "an integer >= 1")
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, f"augment.{name}", v, "a probability in [0, 1]")
+        _check(0 <= self.strength <= 1.25, "augment.strength", self.strength,
+               "a value in [0, 1.25] (brightness/contrast/saturation factors 1 +- 0.8 s stay >= 0)")
+        lo, hi = self.blur_sigma
+        _check(0 < lo <= hi, "augment.blur_sigma", self.blur_sigma, "0 < lo <= hi")
+
+    @property
+    def blur_kernel_size(self) -> int:
+        """Odd kernel side of about 10% of the image side (official code: 2 * (size // 20) + 1)."""
+        return 2 * ((self.image_size // 10) // 2) + 1
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    temperature: float = 0.1  # tau: 0.1 at batch 4096 on ImageNet, 0.5 for CIFAR-10
+
+    def validate(self) -> None:
+        _check(self.temperature > 0 and math.isfinite(self.temperature), "loss.temperature",
+               self.temperature, "a finite value > 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    # base_lr None means the paper's base for the scaling rule: 0.3 (linear: 0.3 * B / 256)
+    # or 0.075 (sqrt: 0.075 * sqrt(B)).
+    base_lr: float | None = None
+    lr_scaling: str = "linear"
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    eta: float = 1e-3  # LARS trust coefficient
+    nesterov: bool = False
+    warmup_epochs: float = 10.0
+    # Train an online linear probe on detached h during pre-training (official code); it is
+    # excluded from weight decay and trust-ratio adaptation, so it is plain momentum SGD.
+    probe: bool = True
+
+    def validate(self) -> None:
+        _check(self.base_lr is None or self.base_lr > 0, "optim.base_lr", self.base_lr, "None or > 0")
+        _check(self.lr_scaling in LR_SCALINGS, "optim.lr_scaling", self.lr_scaling, f"one of {LR_SCALINGS}")
+        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "a value in [0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a value >= 0")
+        _check(self.eta > 0, "optim.eta", self.eta, "a value > 0")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, "a value >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 4096  # global batch N (2N views per step)
+    epochs: int = 100
+    seed: int = 0
+    # float32 or float64 (conformance), bfloat16 (autocast training mode, torch).
+    precision: str = "float32"
+    channels_last: bool = True  # torch only; ignored elsewhere
+    compile: bool = False  # torch.compile / mx.compile where supported
+    checkpoint_every: int = 200  # steps between checkpoints (and one at the end)
+    keep_last: int = 2  # rolling checkpoints kept beside last.h5
+    log_every: int = 10  # steps between metric lines
+    max_steps: int | None = None  # stop early after this many steps (for smoke runs)
+    # What to do on a non-finite loss: "stop" (default) or "skip" the step, counting skips.
+    on_nonfinite: str = "stop"
+    max_skips: int = 10
+
+    def validate(self) -> None:
+        _check(self.batch_size >= 2, "train.batch_size", self.batch_size, "an integer >= 2")
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(self.seed >= 0, "train.seed", self.seed, "an integer >= 0")
+        _check(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _check(self.keep_last >= 0, "train.keep_last", self.keep_last, "an integer >= 0")
+        _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
+        _check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", self.max_steps,
+               "None or an integer >= 1")
+        _check(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", self.on_nonfinite,
+               "'stop' or 'skip'")
+        _check(self.max_skips >= 0, "train.max_skips", self.max_skips, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Dataset spec: shapes, fashion-mnist, mnist, cifar10, cifar100, folder:PATH, hdf5:PATH.
+    name: str = "shapes"
+    root: str | None = None  # folder to look in (default: $SIMCLR_XB_DATA, ~/.cache/simclr_xb, ...)
+    num_workers: int = 1  # background prefetch threads for the loader
+    skip_bad_images: bool = False
+
+    def validate(self) -> None:
+        _check(bool(self.name), "data.name", self.name, "a dataset name")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> "Config":
+        for f in fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    # --- conversions -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: "Config | None" = None) -> "Config":
+        """Apply a nested dict ``{section: {field: value}}`` on top of ``base`` (default: defaults)."""
+        cfg = base if base is not None else cls()
+        for section, values in d.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown config section {section!r}: expected one of {sorted(_SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a table of fields, got {values!r}")
+            for key, value in values.items():
+                cfg = cfg.with_value(f"{section}.{key}", value)
+        return cfg.validate()
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls.from_dict(json.loads(text))
+
+    def with_value(self, dotted: str, value: Any) -> "Config":
+        """Return a copy with ``section.field`` set to ``value`` (coerced to the field's type)."""
+        section, _, key = dotted.partition(".")
+        if section not in _SECTIONS or not key:
+            raise ConfigError(f"unknown config field {dotted!r}: expected section.field with section in "
+                              f"{sorted(_SECTIONS)}")
+        sub = getattr(self, section)
+        hints = get_type_hints(type(sub))
+        if key not in hints:
+            raise ConfigError(f"unknown config field {dotted!r}: {section} has fields {sorted(hints)}")
+        coerced = _coerce(dotted, value, hints[key])
+        return replace(self, **{section: replace(sub, **{key: coerced})})
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "Config":
+        """Apply CLI overrides of the form ``section.field=value`` (value parsed as JSON if it can be)."""
+        cfg = self
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like section.field=value")
+            k, v = item.split("=", 1)
+            cfg = cfg.with_value(k.strip(), _parse_scalar(v.strip()))
+        return cfg.validate()
+
+
+_SECTIONS = {f.name for f in fields(Config)}
+
+
+def _parse_scalar(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Coerce ``value`` to the annotated type, with an error that names the field."""
+    hint_s = str(hint)
+    optional = "None" in hint_s
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config field {name} may not be None")
+    try:
+        if hint_s.startswith("tuple"):
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise TypeError
+            return (float(value[0]), float(value[1]))
+        if "bool" in hint_s:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise TypeError
+        if "int" in hint_s and "float" not in hint_s:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if "float" in hint_s:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if "str" in hint_s:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"config field {name} = {value!r} has the wrong type: expected {hint_s}") from None
+    return value
+
+
+# --- presets ---------------------------------------------------------------------------
+def _imagenet() -> Config:
+    return Config(
+        model=ModelConfig(arch="resnet50", width=1.0, cifar_stem=False),
+        augment=AugmentConfig(image_size=224, strength=1.0, blur_p=0.5),
+        loss=LossConfig(temperature=0.1),
+        optim=OptimConfig(lr_scaling="linear", warmup_epochs=10),
+        train=TrainConfig(batch_size=4096, epochs=100),
+        data=DataConfig(name="imagenet"),
+    )
+
+
+def _cifar() -> Config:
+    return Config(
+        model=ModelConfig(arch="resnet50", width=1.0, cifar_stem=True),
+        augment=AugmentConfig(image_size=32, strength=0.5, blur_p=0.0),
+        loss=LossConfig(temperature=0.5),
+        optim=OptimConfig(lr_scaling="linear", warmup_epochs=10),
+        train=TrainConfig(batch_size=512, epochs=1000),
+        data=DataConfig(name="cifar10"),
+    )
+
+
+def _tiny() -> Config:
+    """A narrow ResNet-18 (width 16) that trains in minutes on 2 CPU cores."""
+    return Config(
+        model=ModelConfig(arch="resnet18", width=0.25, cifar_stem=True, head_hidden=None, head_out=64),
+        augment=AugmentConfig(image_size=32, strength=0.5, blur_p=0.0),
+        loss=LossConfig(temperature=0.5),
+        optim=OptimConfig(lr_scaling="sqrt", warmup_epochs=1),
+        train=TrainConfig(batch_size=256, epochs=10, checkpoint_every=50, log_every=5),
+        data=DataConfig(name="shapes"),
+    )
+
+
+PRESETS = {"imagenet": _imagenet, "cifar": _cifar, "tiny": _tiny}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
+    return PRESETS[name]().validate()
+
+
+def load_config_file(path: str | Path, base: Config | None = None) -> Config:
+    """Read a TOML (``.toml``) or JSON (``.json``) file of ``[section] field = value`` tables.
+
+    A top-level ``preset = "name"`` key picks the base preset; the tables override it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {path} does not parse: {e}") from None
+    if "preset" in data:
+        base = preset(data.pop("preset"))
+    try:
+        return Config.from_dict(data, base)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,388 @@
+"""The float64 numpy oracle: every formula the backends implement, written to be read.
+
+Function names and signatures are the ones of the backend interface
+(:mod:`simclr_xb.backend`), so a conformance case pairs ``reference.f`` with ``backend.f``.
+Conventions, identical in every backend:
+
+* images are NHWC float in [0, 1]; uint8 input is divided by 255; every op clamps to [0, 1];
+* conv weights are OIHW (PyTorch), linear weights (out, in); parameters are canonical dicts
+  (:mod:`simclr_xb.resnet_spec`);
+* BatchNorm normalises with the biased batch variance and stores the UNBIASED one in
+  ``running_var`` (PyTorch's convention), ``new = (1 - momentum) * old + momentum * batch``;
+* NT-Xent takes z of shape (2N, d) laid out as [view 1 of images 0..N-1; view 2 of the same],
+  so the positive of row i is row (i + N) mod 2N.
+
+Speed is not a goal here; the ResNet forward is meant for small sizes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewParams
+from .config import AugmentConfig, Config, ModelConfig, OptimConfig
+from .resnet_spec import BlockSpec, encoder_layout, head_dims
+
+GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def to_float(images_u8: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> float64 NHWC in [0, 1]."""
+    return np.asarray(images_u8, dtype=np.float64) / 255.0
+
+
+def _clamp(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, 0.0, 1.0)
+
+
+def _bilinear_taps(start: np.ndarray, length: np.ndarray, size: int):
+    """Source taps of a 1-D bilinear resize (align_corners=False, no antialias) of the
+    intervals [start, start + length) to ``size`` samples: (i0, i1, frac), each (N, size)."""
+    o = np.arange(size, dtype=np.float64)[None, :]
+    L = length.astype(np.float64)[:, None]
+    src = np.clip((o + 0.5) * L / size - 0.5, 0.0, L - 1.0)
+    i0 = np.floor(src)
+    frac = src - i0
+    i1 = np.minimum(i0 + 1, L - 1)
+    s = start[:, None]
+    return (i0 + s).astype(np.int64), (i1 + s).astype(np.int64), frac
+
+
+def resized_crop(x: np.ndarray, crop: np.ndarray, size: int) -> np.ndarray:
+    """Crop each image to its box (top, left, height, width) and resize to size x size.
+
+    Bilinear with half-pixel centres (``align_corners=False``), source coordinates clamped
+    to the box, no antialiasing: out[y, x] interpolates the box at
+    ``((y + 0.5) * h / size - 0.5, (x + 0.5) * w / size - 0.5)``.
+    x: (N, H, W, C) -> (N, size, size, C).
+    """
+    top, left, h, w = (crop[:, k] for k in range(4))
+    y0, y1, fy = _bilinear_taps(top, h, size)
+    x0, x1, fx = _bilinear_taps(left, w, size)
+    n = np.arange(x.shape[0])[:, None, None]
+    fy = fy[:, :, None, None]
+    fx = fx[:, None, :, None]
+
+    def at(ys, xs):
+        return x[n, ys[:, :, None], xs[:, None, :]]
+
+    top_row = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+    bottom_row = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
+    return _clamp(top_row * (1 - fy) + bottom_row * fy)
+
+
+def hflip(x: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """Mirror the width axis of the images where ``flip`` (N,) is True."""
+    return np.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+
+
+def rgb_to_gray(x: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) -> (N, H, W, 1): 0.299 R + 0.587 G + 0.114 B."""
+    return (x @ GRAY_WEIGHTS)[..., None]
+
+
+def adjust_brightness(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """x * b, per image."""
+    return _clamp(x * factor[:, None, None, None])
+
+
+def adjust_contrast(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Blend with the mean of the image's grayscale: c x + (1 - c) mean(gray(x))."""
+    mean = rgb_to_gray(x).mean(axis=(1, 2, 3))[:, None, None, None]
+    c = factor[:, None, None, None]
+    return _clamp(c * x + (1 - c) * mean)
+
+
+def adjust_saturation(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Blend with the image's grayscale: t x + (1 - t) gray(x)."""
+    t = factor[:, None, None, None]
+    return _clamp(t * x + (1 - t) * rgb_to_gray(x))
+
+
+def rgb_to_hue(x: np.ndarray) -> np.ndarray:
+    """Hue in [0, 1) of the HSV model (0 where the chroma is 0). (N, H, W, 3) -> (N, H, W)."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = x.max(axis=-1)
+    c = v - x.min(axis=-1)
+    safe = np.where(c > 0, c, 1.0)
+    h6 = np.where(v == r, np.mod((g - b) / safe, 6.0),
+                  np.where(v == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return np.where(c > 0, h6 / 6.0, 0.0)
+
+
+def hsv_channels(v: np.ndarray, c: np.ndarray, hue: np.ndarray) -> np.ndarray:
+    """RGB from value V, chroma C and hue (turns): channel n in (R=5, G=3, B=1) is
+    V - C * clip(min(k, 4 - k), 0, 1) with k = (n + 6 hue) mod 6. Same as HSV -> RGB."""
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = np.mod(n + 6.0 * hue, 6.0)
+        out.append(v - c * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+    return np.stack(out, axis=-1)
+
+
+def adjust_hue(x: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Rotate the HSV hue by ``delta`` turns, keeping value and saturation (torchvision's
+    adjust_hue, written without the round trip: V and chroma are invariant under the shift)."""
+    v = x.max(axis=-1)
+    c = v - x.min(axis=-1)
+    hue = np.mod(rgb_to_hue(x) + delta[:, None, None], 1.0)
+    return _clamp(hsv_channels(v, c, hue))
+
+
+def color_jitter(x: np.ndarray, params: ViewParams) -> np.ndarray:
+    """The four jitter ops in each view's own order, on the views where ``params.jitter``."""
+    ops = {BRIGHTNESS: (adjust_brightness, params.brightness),
+           CONTRAST: (adjust_contrast, params.contrast),
+           SATURATION: (adjust_saturation, params.saturation),
+           HUE: (adjust_hue, params.hue)}
+    out = x.copy()
+    for i in np.flatnonzero(params.jitter):
+        xi = x[i:i + 1]
+        for op in params.jitter_order[i]:
+            fn, factors = ops[int(op)]
+            xi = fn(xi, factors[i:i + 1])
+        out[i] = xi[0]
+    return out
+
+
+def grayscale(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Replace the views where ``mask`` with their grayscale, repeated over 3 channels."""
+    return np.where(mask[:, None, None, None], np.repeat(rgb_to_gray(x), 3, axis=-1), x)
+
+
+def gaussian_kernel1d(sigma: np.ndarray, kernel_size: int) -> np.ndarray:
+    """(N,) sigmas -> (N, k) normalised kernels exp(-t^2 / (2 sigma^2)), t = -r..r."""
+    r = kernel_size // 2
+    t = np.arange(-r, r + 1, dtype=np.float64)[None, :]
+    k = np.exp(-(t ** 2) / (2.0 * sigma[:, None] ** 2))
+    return k / k.sum(axis=1, keepdims=True)
+
+
+def gaussian_blur(x: np.ndarray, sigma: np.ndarray, mask: np.ndarray, kernel_size: int) -> np.ndarray:
+    """Separable Gaussian blur (reflect padding, as torchvision) on the views where ``mask``."""
+    r = kernel_size // 2
+    k = gaussian_kernel1d(sigma, kernel_size)
+    H, W = x.shape[1:3]
+    p = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="reflect")
+    rows = sum(k[:, j, None, None, None] * p[:, :, j:j + W, :] for j in range(kernel_size))
+    out = sum(k[:, j, None, None, None] * rows[:, j:j + H, :, :] for j in range(kernel_size))
+    return np.where(mask[:, None, None, None], _clamp(out), x)
+
+
+def augment(images_u8: np.ndarray, params: ViewParams, cfg: AugmentConfig) -> np.ndarray:
+    """The whole view pipeline: uint8 (N, H, W, 3) -> float (N, S, S, 3), S = cfg.image_size.
+
+    crop+resize -> flip -> colour jitter -> grayscale -> blur (SimCLR appendix A order).
+    """
+    x = resized_crop(to_float(images_u8), params.crop, cfg.image_size)
+    x = hflip(x, params.flip)
+    x = color_jitter(x, params)
+    x = grayscale(x, params.grayscale)
+    return gaussian_blur(x, params.blur_sigma, params.blur, cfg.blur_kernel_size)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, train: bool, momentum: float = 0.1,
+               eps: float = 1e-5):
+    """BatchNorm over every axis but the last (channels-last). Returns (y, new_mean, new_var).
+
+    train: y = (x - mean_B) / sqrt(var_B + eps) * weight + bias with the biased batch
+    variance; running stats move by ``momentum`` toward (mean_B, var_B * n / (n - 1)).
+    eval: normalise with the running stats, which are returned unchanged.
+    ``weight``/``bias`` may be None (no scale / no shift).
+    """
+    axes = tuple(range(x.ndim - 1))
+    if train:
+        n = x.size // x.shape[-1]
+        mean = x.mean(axis=axes)
+        var = x.var(axis=axes)
+        unbiased = var * n / max(n - 1, 1)
+        new_mean = (1 - momentum) * running_mean + momentum * mean
+        new_var = (1 - momentum) * running_var + momentum * unbiased
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    y = (x - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y, new_mean, new_var
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Cross-correlation, x NHWC, w OIHW -> NHWC (no bias)."""
+    kh, kw = w.shape[2:]
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
+    win = win[:, ::stride, ::stride]  # (N, Ho, Wo, C, kh, kw)
+    return np.einsum("nhwcij,ocij->nhwo", win, w, optimize=True)
+
+
+def max_pool(x: np.ndarray, kernel: int = 3, stride: int = 2, padding: int = 1) -> np.ndarray:
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kernel, kernel), axis=(1, 2))
+    return win[:, ::stride, ::stride].max(axis=(-2, -1))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+def _bn_named(x, weights, prefix, train, momentum, eps, updates):
+    """Apply the BN stored under ``prefix`` and record its new buffers in ``updates``."""
+    y, m, v = batch_norm(x, weights.get(f"{prefix}.weight"), weights.get(f"{prefix}.bias"),
+                         weights[f"{prefix}.running_mean"], weights[f"{prefix}.running_var"],
+                         train, momentum, eps)
+    if train:
+        updates[f"{prefix}.running_mean"] = m
+        updates[f"{prefix}.running_var"] = v
+        updates[f"{prefix}.num_batches_tracked"] = np.asarray(
+            weights[f"{prefix}.num_batches_tracked"]) + 1
+    return y
+
+
+def block(x, weights, spec: BlockSpec, train: bool, momentum: float = 0.1, eps: float = 1e-5):
+    """One residual block (basic or bottleneck, torchvision v1.5). Returns (y, bn_updates)."""
+    p, up = spec.prefix, {}
+
+    def bn(t, name):
+        return _bn_named(t, weights, f"{p}.{name}", train, momentum, eps, up)
+
+    if spec.kind == "basic":
+        out = relu(bn(conv2d(x, weights[f"{p}.conv1.weight"], spec.stride, 1), "bn1"))
+        out = bn(conv2d(out, weights[f"{p}.conv2.weight"], 1, 1), "bn2")
+    else:
+        out = relu(bn(conv2d(x, weights[f"{p}.conv1.weight"]), "bn1"))
+        out = relu(bn(conv2d(out, weights[f"{p}.conv2.weight"], spec.stride, 1), "bn2"))
+        out = bn(conv2d(out, weights[f"{p}.conv3.weight"]), "bn3")
+    if spec.downsample:
+        short = bn(conv2d(x, weights[f"{p}.downsample.0.weight"], spec.stride, 0), "downsample.1")
+    else:
+        short = x
+    return relu(out + short), up
+
+
+def encoder(x, weights, cfg: ModelConfig, train: bool):
+    """ResNet trunk f: NHWC images -> h (N, feature_dim) after global average pooling.
+    Returns (h, bn_updates)."""
+    lay = encoder_layout(cfg)
+    up: dict[str, np.ndarray] = {}
+    out = conv2d(x, weights["encoder.conv1.weight"], lay.stem_stride, lay.stem_pad)
+    out = relu(_bn_named(out, weights, "encoder.bn1", train, cfg.bn_momentum, cfg.bn_eps, up))
+    if lay.maxpool:
+        out = max_pool(out)
+    for b in lay.blocks:
+        out, u = block(out, weights, b, train, cfg.bn_momentum, cfg.bn_eps)
+        up.update(u)
+    return out.mean(axis=(1, 2)), up
+
+
+def head(h, weights, cfg: ModelConfig, train: bool):
+    """Projection head g: h (N, d) -> z (N, head_out). Returns (z, bn_updates)."""
+    up: dict[str, np.ndarray] = {}
+    n_layers = len(head_dims(cfg))
+    out = h
+    for i in range(n_layers):
+        out = out @ weights[f"head.{i}.linear.weight"].T
+        if cfg.head_bn:
+            out = _bn_named(out, weights, f"head.{i}.bn", train, cfg.bn_momentum, cfg.bn_eps, up)
+        else:
+            out = out + weights[f"head.{i}.linear.bias"]
+        if i < n_layers - 1:
+            out = relu(out)
+    return out, up
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def positive_index(n2: int) -> np.ndarray:
+    """Index of each row's positive in the [view1; view2] layout."""
+    return (np.arange(n2) + n2 // 2) % n2
+
+
+def nt_xent(z: np.ndarray, tau: float) -> float:
+    """NT-Xent (SimCLR eq. 1), mean over the 2N ordered positive pairs.
+
+    l(i, j) = -log( exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau) ),
+    sim(u, v) = u.v / (|u| |v|). z: (2N, d), positive of i is (i + N) mod 2N.
+    (The official tf2 code returns 2x this value: it sums both directions and divides by N.)
+    """
+    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    s = u @ u.T / tau
+    np.fill_diagonal(s, -np.inf)
+    m = s.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(s - m).sum(axis=1))
+    pos = s[np.arange(len(z)), positive_index(len(z))]
+    return float(np.mean(lse - pos))
+
+
+def nt_xent_grad(z: np.ndarray, tau: float) -> np.ndarray:
+    """Analytic dL/dz of :func:`nt_xent`, (2N, d).
+
+    With u = z/|z|, s = u u^T / tau, P = softmax over k != i, Y = one-hot positives:
+    G = (P - Y) / 2N, dL/du = (G + G^T) u / tau, dL/dz_i = (I - u_i u_i^T) dL/du_i / |z_i|.
+    """
+    n2 = len(z)
+    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    u = z / norm
+    s = u @ u.T / tau
+    np.fill_diagonal(s, -np.inf)
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(n2), positive_index(n2)] -= 1.0
+    g = p / n2
+    du = (g + g.T) @ u / tau
+    return (du - u * (u * du).sum(axis=1, keepdims=True)) / norm
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean softmax cross-entropy (the online probe's loss)."""
+    m = logits.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
+    return float(np.mean(lse - logits[np.arange(len(labels)), labels]))
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def lars_step(params: dict, grads: dict, momenta: dict, lr: float, cfg: OptimConfig,
+              excluded: dict[str, bool]):
+    """One LARS step (official SimCLR code, classic momentum). Returns (params, momenta).
+
+    g <- g + wd w                               (unless excluded)
+    trust = eta |w| / |g| if |w| > 0 and |g| > 0 (unless excluded) else 1
+    v <- m v + lr trust g
+    w <- w - v              (Nesterov: w <- w - (m v + lr trust g))
+    Excluded (BN parameters, biases, probe): no decay and trust = 1.
+    """
+    new_p, new_v = {}, {}
+    for name, w in params.items():
+        g = grads[name]
+        trust = 1.0
+        if not excluded[name]:
+            g = g + cfg.weight_decay * w
+            wn, gn = np.linalg.norm(w), np.linalg.norm(g)
+            if wn > 0 and gn > 0:
+                trust = cfg.eta * wn / gn
+        v = cfg.momentum * momenta[name] + lr * trust * g
+        update = cfg.momentum * v + lr * trust * g if cfg.nesterov else v
+        new_p[name] = w - update
+        new_v[name] = v
+    return new_p, new_v
+
+
+# --------------------------------------------------------------------------- a whole forward
+
+
+def forward(x, weights, cfg: Config | ModelConfig, train: bool):
+    """Encoder then head: images NHWC -> (h, z, bn_updates)."""
+    mcfg = cfg.model if isinstance(cfg, Config) else cfg
+    h, up = encoder(x, weights, mcfg, train)
+    z, up2 = head(h, weights, mcfg, train)
+    up.update(up2)
+    return h, z, up
