@@ -20,7 +20,7 @@ import numpy as np
 
 from .augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewParams
 from .config import AugmentConfig, Config, ModelConfig, OptimConfig
-from .resnet_spec import BlockSpec, encoder_layout, head_dims
+from .resnet_spec import BlockSpec, encoder_layout, head_dims, model_specs
 
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
@@ -386,3 +386,275 @@ def forward(x, weights, cfg: Config | ModelConfig, train: bool):
     z, up2 = head(h, weights, mcfg, train)
     up.update(up2)
     return h, z, up
+
+
+# --------------------------------------------------------------------------- backward and training step
+#
+# Reverse mode for the SimCLR network, written by hand so that it can be read next to the
+# forward above. Every ``*_backward`` takes the upstream gradient ``dy`` (same shape as the
+# forward's output) and the forward's inputs, and returns the gradients of the inputs and
+# parameters. Only training mode is differentiated (BN statistics of the batch).
+#
+# The network-level functions keep the forward's intermediates in a ``tape``: a plain dict
+# keyed by canonical prefixes (``tape["encoder.layer1.0.bn2"] = (conv input, conv output)``),
+# filled by ``*_train_forward`` and read back in reverse by ``*_backward``.
+
+
+def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """dL/dx of relu(x). ``x`` may be the relu's input or its output: the mask x > 0 is the
+    same. The derivative at exactly 0 is taken as 0 (PyTorch's convention)."""
+    return dy * (x > 0)
+
+
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: int = 1,
+                    padding: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, dw) of :func:`conv2d`. dy (N, Ho, Wo, O), x (N, H, W, C) NHWC, w (O, C, kh, kw).
+
+    y[n, a, b, o] = sum_{c,i,j} xp[n, a*stride + i, b*stride + j, c] w[o, c, i, j], so
+    dw[o, c, i, j] = sum_{n,a,b} dy[n, a, b, o] xp[n, a*stride + i, b*stride + j, c] and
+    dxp[n, a*stride + i, b*stride + j, c] += sum_o dy[n, a, b, o] w[o, c, i, j];
+    dx is dxp without its padding.
+    """
+    kh, kw = w.shape[2:]
+    N, H, W, _ = x.shape
+    Ho, Wo = dy.shape[1:3]
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
+    win = win[:, ::stride, ::stride][:, :Ho, :Wo]  # (N, Ho, Wo, C, kh, kw)
+    dw = np.einsum("nhwcij,nhwo->ocij", win, dy, optimize=True)
+    dxp = np.zeros_like(xp)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i, i + stride * (Ho - 1) + 1, stride)
+            cols = slice(j, j + stride * (Wo - 1) + 1, stride)
+            dxp[:, rows, cols, :] += dy @ w[:, :, i, j]
+    return dxp[:, padding:padding + H, padding:padding + W, :], dw
+
+
+def batch_norm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray | None,
+                        eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dweight, dbias) of :func:`batch_norm` in training mode (channels last).
+
+    With xhat = (x - mean_B) / sqrt(var_B + eps) over the n = x.size / C values of a channel
+    and g = dy * weight (g = dy when there is no weight):
+    dbias = sum dy, dweight = sum dy * xhat,
+    dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var_B + eps).
+    The running statistics do not depend on the loss and have no gradient.
+    """
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    inv_std = 1.0 / np.sqrt(x.var(axis=axes) + eps)
+    xhat = (x - mean) * inv_std
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * xhat).sum(axis=axes)
+    g = dy * weight if weight is not None else dy
+    dx = (g - g.mean(axis=axes) - xhat * (g * xhat).mean(axis=axes)) * inv_std
+    return dx, dweight, dbias
+
+
+def max_pool_backward(dy: np.ndarray, x: np.ndarray, kernel: int = 3, stride: int = 2,
+                      padding: int = 1) -> np.ndarray:
+    """dx of :func:`max_pool`: each output's gradient goes to its window's argmax.
+
+    Ties go to the FIRST maximum in row-major order of the window, which is what PyTorch's
+    max_pool2d does (its kernels keep a running max with ``val > max``; the test suite checks
+    this against torch autograd). With float activations ties are rare except among the
+    zeros after a ReLU, whose gradient the ReLU discards anyway.
+    """
+    N, H, W, C = x.shape
+    Ho, Wo = dy.shape[1:3]
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kernel, kernel), axis=(1, 2))
+    win = win[:, ::stride, ::stride][:, :Ho, :Wo]  # (N, Ho, Wo, C, k, k)
+    arg = win.reshape(N, Ho, Wo, C, kernel * kernel).argmax(axis=-1)  # first max wins
+    dxp = np.zeros_like(xp)
+    for i in range(kernel):
+        for j in range(kernel):
+            rows = slice(i, i + stride * (Ho - 1) + 1, stride)
+            cols = slice(j, j + stride * (Wo - 1) + 1, stride)
+            dxp[:, rows, cols, :] += dy * (arg == i * kernel + j)
+    return dxp[:, padding:padding + H, padding:padding + W, :]
+
+
+def global_avg_pool_backward(dy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """dx of ``x.mean(axis=(1, 2))``: dy (N, C) spread evenly over the H x W positions."""
+    H, W = hw
+    return np.broadcast_to(dy[:, None, None, :] / (H * W), (dy.shape[0], H, W, dy.shape[1])).copy()
+
+
+def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray):
+    """(dx, dw, db) of y = x w^T + b. dy (N, out), x (N, in), w (out, in)."""
+    return dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
+def _conv_bn_train_forward(x, weights, conv: str, bn: str, stride: int, padding: int,
+                           mcfg: ModelConfig, up: dict, tape: dict):
+    """conv -> BN (train); remembers (conv input, conv output) in ``tape[bn]``."""
+    c = conv2d(x, weights[f"{conv}.weight"], stride, padding)
+    tape[bn] = (x, c)
+    return _bn_named(c, weights, bn, True, mcfg.bn_momentum, mcfg.bn_eps, up)
+
+
+def _conv_bn_backward(dy, weights, conv: str, bn: str, stride: int, padding: int, eps: float,
+                      tape: dict, grads: dict):
+    """Backward of :func:`_conv_bn_train_forward`; writes the conv and BN grads, returns dx."""
+    x, c = tape[bn]
+    dc, grads[f"{bn}.weight"], dbias = batch_norm_backward(dy, c, weights.get(f"{bn}.weight"), eps)
+    if f"{bn}.bias" in weights:
+        grads[f"{bn}.bias"] = dbias
+    dx, grads[f"{conv}.weight"] = conv2d_backward(dc, x, weights[f"{conv}.weight"], stride, padding)
+    return dx
+
+
+def _block_layers(spec: BlockSpec) -> list[tuple[str, str, int, int]]:
+    """The main path of a block as (conv, bn, stride, padding); a ReLU follows all but the last."""
+    p = spec.prefix
+    if spec.kind == "basic":
+        return [(f"{p}.conv1", f"{p}.bn1", spec.stride, 1), (f"{p}.conv2", f"{p}.bn2", 1, 1)]
+    return [(f"{p}.conv1", f"{p}.bn1", 1, 0), (f"{p}.conv2", f"{p}.bn2", spec.stride, 1),
+            (f"{p}.conv3", f"{p}.bn3", 1, 0)]
+
+
+def block_train_forward(x, weights, spec: BlockSpec, mcfg: ModelConfig, up: dict, tape: dict):
+    """:func:`block` in training mode, recording what :func:`block_backward` needs."""
+    layers = _block_layers(spec)
+    out = x
+    for k, (conv, bn, stride, padding) in enumerate(layers):
+        out = _conv_bn_train_forward(out, weights, conv, bn, stride, padding, mcfg, up, tape)
+        if k < len(layers) - 1:
+            out = relu(out)
+    if spec.downsample:
+        short = _conv_bn_train_forward(x, weights, f"{spec.prefix}.downsample.0",
+                                       f"{spec.prefix}.downsample.1", spec.stride, 0, mcfg, up, tape)
+    else:
+        short = x
+    tape[spec.prefix] = out + short  # input of the block's last ReLU
+    return relu(tape[spec.prefix])
+
+
+def block_backward(dy, weights, spec: BlockSpec, eps: float, tape: dict, grads: dict):
+    """dx of one residual block; the block's parameter grads go into ``grads``."""
+    d_sum = relu_backward(dy, tape[spec.prefix])  # reaches both the main path and the shortcut
+    layers = _block_layers(spec)
+    d = d_sum
+    for k in reversed(range(len(layers))):
+        conv, bn, stride, padding = layers[k]
+        d = _conv_bn_backward(d, weights, conv, bn, stride, padding, eps, tape, grads)
+        if k > 0:
+            d = relu_backward(d, tape[bn][0])  # this conv's input is relu(previous BN)
+    if spec.downsample:
+        d_short = _conv_bn_backward(d_sum, weights, f"{spec.prefix}.downsample.0",
+                                    f"{spec.prefix}.downsample.1", spec.stride, 0, eps, tape, grads)
+    else:
+        d_short = d_sum
+    return d + d_short
+
+
+def encoder_train_forward(x, weights, cfg: ModelConfig, tape: dict):
+    """:func:`encoder` in training mode with a tape. Returns (h, bn_updates)."""
+    lay = encoder_layout(cfg)
+    up: dict[str, np.ndarray] = {}
+    out = relu(_conv_bn_train_forward(x, weights, "encoder.conv1", "encoder.bn1", lay.stem_stride,
+                                      lay.stem_pad, cfg, up, tape))
+    tape["encoder.stem"] = out  # stem output after its ReLU (the max-pool's input)
+    if lay.maxpool:
+        out = max_pool(out)
+    for b in lay.blocks:
+        out = block_train_forward(out, weights, b, cfg, up, tape)
+    tape["encoder.pool"] = out.shape[1:3]
+    return out.mean(axis=(1, 2)), up
+
+
+def encoder_backward(dh, weights, cfg: ModelConfig, tape: dict, grads: dict) -> np.ndarray:
+    """Backward of :func:`encoder_train_forward`: fills ``grads``, returns dL/dx (images)."""
+    lay = encoder_layout(cfg)
+    d = global_avg_pool_backward(dh, tape["encoder.pool"])
+    for b in reversed(lay.blocks):
+        d = block_backward(d, weights, b, cfg.bn_eps, tape, grads)
+    if lay.maxpool:
+        d = max_pool_backward(d, tape["encoder.stem"])
+    d = relu_backward(d, tape["encoder.stem"])
+    return _conv_bn_backward(d, weights, "encoder.conv1", "encoder.bn1", lay.stem_stride,
+                             lay.stem_pad, cfg.bn_eps, tape, grads)
+
+
+def head_train_forward(h, weights, cfg: ModelConfig, tape: dict):
+    """:func:`head` in training mode with a tape. Returns (z, bn_updates)."""
+    up: dict[str, np.ndarray] = {}
+    n_layers = len(head_dims(cfg))
+    out = h
+    for i in range(n_layers):
+        tape[f"head.{i}.in"] = out  # for i > 0 this is relu(previous layer)
+        out = out @ weights[f"head.{i}.linear.weight"].T
+        if cfg.head_bn:
+            tape[f"head.{i}.bn"] = out
+            out = _bn_named(out, weights, f"head.{i}.bn", True, cfg.bn_momentum, cfg.bn_eps, up)
+        else:
+            out = out + weights[f"head.{i}.linear.bias"]
+        if i < n_layers - 1:
+            out = relu(out)
+    return out, up
+
+
+def head_backward(dz, weights, cfg: ModelConfig, tape: dict, grads: dict) -> np.ndarray:
+    """Backward of :func:`head_train_forward`: fills ``grads``, returns dL/dh."""
+    n_layers = len(head_dims(cfg))
+    d = dz
+    for i in reversed(range(n_layers)):
+        if i < n_layers - 1:
+            d = relu_backward(d, tape[f"head.{i + 1}.in"])
+        if cfg.head_bn:
+            bn = f"head.{i}.bn"
+            d, grads[f"{bn}.weight"], dbias = batch_norm_backward(
+                d, tape[bn], weights.get(f"{bn}.weight"), cfg.bn_eps)
+            if f"{bn}.bias" in weights:  # the last layer's BN has no beta
+                grads[f"{bn}.bias"] = dbias
+        else:
+            grads[f"head.{i}.linear.bias"] = d.sum(axis=0)
+        d, grads[f"head.{i}.linear.weight"], _ = linear_backward(
+            d, tape[f"head.{i}.in"], weights[f"head.{i}.linear.weight"])
+    return d
+
+
+def loss_and_grads(weights, x, cfg: Config):
+    """NT-Xent of one training-mode forward of the 2N views and its gradients.
+
+    x: (2N, S, S, 3) NHWC, [view 1 of images 0..N-1; view 2 of the same] (BN statistics are
+    taken over all 2N). Returns (loss, grads, bn_updates): ``grads`` maps the canonical name
+    of every trainable entry of encoder + head to dL/dw (same shape); ``bn_updates`` holds the
+    new running_mean, running_var and num_batches_tracked of every BN. No probe.
+    """
+    mcfg = cfg.model
+    tape: dict = {}
+    h, up = encoder_train_forward(x, weights, mcfg, tape)
+    z, up_head = head_train_forward(h, weights, mcfg, tape)
+    up.update(up_head)
+    loss = nt_xent(z, cfg.loss.temperature)
+    grads: dict[str, np.ndarray] = {}
+    dh = head_backward(nt_xent_grad(z, cfg.loss.temperature), weights, mcfg, tape, grads)
+    encoder_backward(dh, weights, mcfg, tape, grads)
+    return loss, grads, up
+
+
+def train_step(weights, momenta, images_u8, p1: ViewParams, p2: ViewParams, lr: float, cfg: Config):
+    """One SimCLR step: augment both views, forward, NT-Xent, backward, LARS (no probe).
+
+    x = [augment(images, p1); augment(images, p2)]; the trainable entries of
+    ``model_specs(cfg.model)`` move by :func:`lars_step` (exclusions by kind, from the spec);
+    BN buffers take their training-mode updates (num_batches_tracked + 1); any other entry of
+    ``weights`` (e.g. a probe) is returned unchanged. ``momenta`` missing an entry counts as
+    zeros; entries of ``momenta`` that are not trainable parameters are passed through.
+    Returns (loss, new_weights, new_momenta).
+    """
+    x = np.concatenate([augment(images_u8, p1, cfg.augment), augment(images_u8, p2, cfg.augment)])
+    loss, grads, bn_updates = loss_and_grads(weights, x, cfg)
+    specs = [s for s in model_specs(cfg.model) if s.trainable]
+    params = {s.name: np.asarray(weights[s.name], dtype=np.float64) for s in specs}
+    excluded = {s.name: s.lars_excluded for s in specs}
+    mom = {s.name: np.asarray(momenta[s.name], dtype=np.float64) if s.name in momenta
+           else np.zeros(s.shape) for s in specs}
+    new_params, new_mom = lars_step(params, grads, mom, lr, cfg.optim, excluded)
+    new_weights = dict(weights)
+    new_weights.update(new_params)
+    new_weights.update(bn_updates)
+    return loss, new_weights, {**momenta, **new_mom}

@@ -1,0 +1,239 @@
+"""SimCLR's view pipeline on MLX, batched over views (Chen et al. 2020, appendix A).
+
+Every op applies parameters sampled by :mod:`simclr_xb.augment` (this module never draws)
+and mirrors :mod:`simclr_xb.reference` formula for formula and in the same operation order,
+so float64 results agree with the oracle to ~1e-15 and float32 ones to ~1e-6.
+Images are NHWC float in [0, 1]; every op clamps to [0, 1] as the reference does.
+
+Per-view arithmetic ops (crop, flip, the four jitter ops, grayscale) take per-view parameters
+as mx arrays, contain no data-dependent shapes and could be traced by ``mx.compile``.
+:func:`color_jitter` and :func:`gaussian_blur` route views on the host: they gather the views
+an op applies to (from the numpy :class:`~simclr_xb.augment.ViewParams`), apply it once per
+such view, and scatter the results back, so a jittered view costs 4 op evaluations and
+unjittered / unblurred views cost none. Shapes of those gathers change from step to step,
+which is why the training step runs augmentation eagerly (it is lazily fused into the same
+``mx.eval`` as the compiled step; see :mod:`.step`).
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from simclr_xb.augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewParams
+from simclr_xb.config import AugmentConfig
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def to_float(images_u8, dtype=mx.float32) -> mx.array:
+    """uint8 NHWC -> float NHWC in [0, 1] (x / 255)."""
+    x = images_u8 if isinstance(images_u8, mx.array) else mx.array(np.asarray(images_u8))
+    return x.astype(dtype) / 255.0
+
+
+def _clamp(x: mx.array) -> mx.array:
+    return mx.clip(x, 0.0, 1.0)
+
+
+def _per_view(a: mx.array) -> mx.array:
+    """(N,) -> (N, 1, 1, 1), to broadcast a per-view parameter over NHWC."""
+    return a[:, None, None, None]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _bilinear_taps(start: mx.array, length: mx.array, size: int, dtype):
+    """Source taps of a 1-D bilinear resize (align_corners=False, no antialias) of the
+    intervals [start, start + length) to ``size`` samples: (i0, i1, frac), each (N, size)."""
+    o = mx.arange(size, dtype=dtype)[None, :]
+    L = length.astype(dtype)[:, None]
+    src = mx.minimum(mx.maximum((o + 0.5) * L / size - 0.5, 0.0), L - 1.0)
+    i0 = mx.floor(src)
+    frac = src - i0
+    i1 = mx.minimum(i0 + 1, L - 1)
+    s = start.astype(dtype)[:, None]
+    return (i0 + s).astype(mx.int32), (i1 + s).astype(mx.int32), frac
+
+
+def resized_crop(x: mx.array, crop, size: int) -> mx.array:
+    """Crop each view to its box (top, left, height, width) and resize to size x size.
+
+    Separable bilinear by gathers (no per-view loop): interpolate along the width at the
+    two source columns of each output column, then along the height, which reproduces the
+    reference's ``(x[y0,x0](1-fx) + x[y0,x1] fx)(1-fy) + (...)fy`` term for term.
+    x: (N, H, W, C), crop: (N, 4) int -> (N, size, size, C).
+    """
+    crop = crop if isinstance(crop, mx.array) else mx.array(np.asarray(crop, dtype=np.int32))
+    top, left, h, w = (crop[:, k] for k in range(4))
+    y0, y1, fy = _bilinear_taps(top, h, size, x.dtype)
+    x0, x1, fx = _bilinear_taps(left, w, size, x.dtype)
+    fx = fx[:, None, :, None]
+    cols = (mx.take_along_axis(x, x0[:, None, :, None], axis=2) * (1 - fx)
+            + mx.take_along_axis(x, x1[:, None, :, None], axis=2) * fx)  # (N, H, S, C)
+    fy = fy[:, :, None, None]
+    top_row = mx.take_along_axis(cols, y0[:, :, None, None], axis=1)
+    bottom_row = mx.take_along_axis(cols, y1[:, :, None, None], axis=1)
+    return _clamp(top_row * (1 - fy) + bottom_row * fy)
+
+
+def hflip(x: mx.array, flip: mx.array) -> mx.array:
+    """Mirror the width axis of the views where ``flip`` (N,) bool is True."""
+    return mx.where(_per_view(flip), x[:, :, ::-1, :], x)
+
+
+# --------------------------------------------------------------------------- colour
+
+
+def rgb_to_gray(x: mx.array) -> mx.array:
+    """(N, H, W, 3) -> (N, H, W, 1): 0.299 R + 0.587 G + 0.114 B."""
+    return (x @ mx.array(GRAY_WEIGHTS, dtype=x.dtype))[..., None]
+
+
+def adjust_brightness(x: mx.array, factor: mx.array) -> mx.array:
+    """x * b, per view."""
+    return _clamp(x * _per_view(factor))
+
+
+def adjust_contrast(x: mx.array, factor: mx.array) -> mx.array:
+    """Blend with the mean of the view's grayscale: c x + (1 - c) mean(gray(x))."""
+    mean = _per_view(mx.mean(rgb_to_gray(x), axis=(1, 2, 3)))
+    c = _per_view(factor)
+    return _clamp(c * x + (1 - c) * mean)
+
+
+def adjust_saturation(x: mx.array, factor: mx.array) -> mx.array:
+    """Blend with the view's grayscale: t x + (1 - t) gray(x)."""
+    t = _per_view(factor)
+    return _clamp(t * x + (1 - t) * rgb_to_gray(x))
+
+
+def rgb_to_hue(x: mx.array) -> mx.array:
+    """HSV hue in [0, 1), 0 where the chroma is 0, branch-free. (N, H, W, 3) -> (N, H, W).
+
+    Ties follow the reference (and torchvision): the max channel is tested R, then G, then B.
+    """
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = mx.max(x, axis=-1)
+    c = v - mx.min(x, axis=-1)
+    safe = mx.where(c > 0, c, 1.0)
+    h6 = mx.where(v == r, mx.remainder((g - b) / safe, 6.0),
+                  mx.where(v == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return mx.where(c > 0, h6 / 6.0, 0.0)
+
+
+def hsv_channels(v: mx.array, c: mx.array, hue: mx.array) -> mx.array:
+    """RGB from value V, chroma C and hue (turns): channel n in (R=5, G=3, B=1) is
+    V - C * clip(min(k, 4 - k), 0, 1) with k = (n + 6 hue) mod 6 (HSV -> RGB, branch-free)."""
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = mx.remainder(n + 6.0 * hue, 6.0)
+        out.append(v - c * mx.clip(mx.minimum(k, 4.0 - k), 0.0, 1.0))
+    return mx.stack(out, axis=-1)
+
+
+def adjust_hue(x: mx.array, delta: mx.array) -> mx.array:
+    """Rotate the HSV hue by ``delta`` (N,) turns keeping V and chroma (torchvision's adjust_hue
+    without the round trip)."""
+    v = mx.max(x, axis=-1)
+    c = v - mx.min(x, axis=-1)
+    hue = mx.remainder(rgb_to_hue(x) + delta[:, None, None], 1.0)
+    return _clamp(hsv_channels(v, c, hue))
+
+
+JITTER_FNS = {BRIGHTNESS: adjust_brightness, CONTRAST: adjust_contrast,
+              SATURATION: adjust_saturation, HUE: adjust_hue}
+
+
+def _scatter_back(x: mx.array, idx: np.ndarray, y: mx.array) -> mx.array:
+    """x with rows ``idx`` replaced by ``y`` (concatenate, then one gather by the inverse order)."""
+    rest = np.setdiff1d(np.arange(x.shape[0]), idx)
+    if rest.size == 0:
+        parts, order = [y], idx
+    else:
+        parts, order = [y, mx.take(x, mx.array(rest), axis=0)], np.concatenate([idx, rest])
+    return mx.take(mx.concatenate(parts, axis=0), mx.array(np.argsort(order)), axis=0)
+
+
+def color_jitter(x: mx.array, params: ViewParams) -> mx.array:
+    """The four jitter ops in each view's own order (``params.jitter_order``), on the views
+    where ``params.jitter``; the others are returned untouched.
+
+    For each of the 4 positions, the jittered views are grouped by the op they have there;
+    each group is gathered, transformed by its op with its own factors, and the groups are
+    reassembled in view order: 4 op evaluations per jittered view in total.
+    """
+    jit = np.flatnonzero(np.asarray(params.jitter, dtype=bool))
+    if jit.size == 0:
+        return x
+    order = np.asarray(params.jitter_order)[jit]
+    factors = {BRIGHTNESS: params.brightness, CONTRAST: params.contrast,
+               SATURATION: params.saturation, HUE: params.hue}
+    factors = {k: mx.array(np.asarray(v)[jit], dtype=x.dtype) for k, v in factors.items()}
+    xj = mx.take(x, mx.array(jit), axis=0)
+    for pos in range(4):
+        parts, rows = [], []
+        for op, fn in JITTER_FNS.items():
+            sel = np.flatnonzero(order[:, pos] == op)
+            if sel.size:
+                s = mx.array(sel)
+                parts.append(fn(mx.take(xj, s, axis=0), mx.take(factors[op], s, axis=0)))
+                rows.append(sel)
+        if len(parts) == 1:
+            xj = parts[0]
+        else:
+            inv = np.argsort(np.concatenate(rows))
+            xj = mx.take(mx.concatenate(parts, axis=0), mx.array(inv), axis=0)
+    return _scatter_back(x, jit, xj)
+
+
+def grayscale(x: mx.array, mask: mx.array) -> mx.array:
+    """Replace the views where ``mask`` (N,) with their grayscale, repeated over 3 channels."""
+    return mx.where(_per_view(mask), mx.broadcast_to(rgb_to_gray(x), x.shape), x)
+
+
+# --------------------------------------------------------------------------- blur
+
+
+def gaussian_kernel1d(sigma: mx.array, kernel_size: int) -> mx.array:
+    """(N,) sigmas -> (N, k) normalised kernels exp(-t^2 / (2 sigma^2)), t = -r..r."""
+    r = kernel_size // 2
+    t = mx.arange(-r, r + 1, dtype=sigma.dtype)[None, :]
+    k = mx.exp(-(t ** 2) / (2.0 * sigma[:, None] ** 2))
+    return k / mx.sum(k, axis=1, keepdims=True)
+
+
+def _blur(x: mx.array, sigma: mx.array, kernel_size: int) -> mx.array:
+    """Separable Gaussian blur of every view (reflect padding, as torchvision), clamped."""
+    r = kernel_size // 2
+    k = gaussian_kernel1d(sigma, kernel_size)
+    H, W = x.shape[1:3]
+    p = mx.pad(x, [(0, 0), (r, r), (r, r), (0, 0)], mode="reflect") if r else x
+    rows = sum(_per_view(k[:, j]) * p[:, :, j:j + W, :] for j in range(kernel_size))
+    out = sum(_per_view(k[:, j]) * rows[:, j:j + H, :, :] for j in range(kernel_size))
+    return _clamp(out)
+
+
+def gaussian_blur(x: mx.array, sigma, mask, kernel_size: int) -> mx.array:
+    """Blur the views where ``mask`` (numpy (N,) bool) with their own sigma; others untouched."""
+    idx = np.flatnonzero(np.asarray(mask, dtype=bool))
+    if idx.size == 0:
+        return x
+    s = mx.array(np.asarray(sigma)[idx], dtype=x.dtype)
+    return _scatter_back(x, idx, _blur(mx.take(x, mx.array(idx), axis=0), s, kernel_size))
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype=mx.float32) -> mx.array:
+    """The whole view pipeline: uint8 (N, H, W, 3) -> float (N, S, S, 3), S = cfg.image_size.
+
+    crop+resize -> flip -> colour jitter -> grayscale -> blur (SimCLR appendix A order, as
+    :func:`simclr_xb.reference.augment`).
+    """
+    x = resized_crop(to_float(images_u8, dtype), params.crop, cfg.image_size)
+    x = hflip(x, mx.array(np.asarray(params.flip, dtype=bool)))
+    x = color_jitter(x, params)
+    x = grayscale(x, mx.array(np.asarray(params.grayscale, dtype=bool)))
+    return gaussian_blur(x, params.blur_sigma, params.blur, cfg.blur_kernel_size)

@@ -1,0 +1,293 @@
+"""Named conformance cases: a seeded input maker and the function name shared by the oracle
+(:mod:`simclr_xb.reference`) and every backend's ``api`` module.
+
+A case runs the same positional arguments through each implementation and the runner
+compares every pair (torch ~ oracle, mlx ~ oracle, torch ~ mlx). Inputs are made in float64
+and rounded once to the case's dtype, so every implementation sees the same numbers; the
+oracle always computes in float64.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from simclr_xb.augment import identity_params, sample_view_params
+from simclr_xb.config import AugmentConfig, Config, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from simclr_xb.resnet_spec import encoder_layout, init_weights, model_specs
+from simclr_xb.schedules import warmup_cosine
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Case:
+    """``make(rng, dtype) -> tuple of positional args``; ``fn``: the shared function name, or a
+    callable ``fn(call, *args)`` composing shared functions (``call(name, *args)``)."""
+
+    name: str
+    fn: str | Callable
+    make: Callable[[np.random.Generator, str], tuple]
+    doc: str = ""
+    oracle: bool = True  # the float64 oracle takes part
+    kind: str = "numeric"  # "numeric" | "crossload" | "core"
+    impls: dict = field(default_factory=dict)  # for kind "core": name -> callable(*args)
+    dtypes: tuple = DTYPES
+    seed: int = 0
+
+
+def _cast(a, dtype):
+    a = np.asarray(a)
+    return a.astype(dtype) if a.dtype.kind == "f" else a
+
+
+def _images_u8(rng, n=6, h=20, w=24, levels=None):
+    if levels is not None:  # few grey levels: ties and grey pixels (hue edge cases)
+        return rng.choice(np.asarray(levels, np.uint8), size=(n, h, w, 3))
+    return rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+
+
+AUG = AugmentConfig(image_size=16, strength=1.0, blur_p=0.5, flip_p=0.5, jitter_p=0.8, gray_p=0.2)
+
+
+def _params(rng, n, hw, cfg=AUG):
+    return sample_view_params(rng, cfg, n, hw)
+
+
+def _floats(rng, dtype, n=6, h=16, w=16, levels=None):
+    return _cast(_images_u8(rng, n, h, w, levels) / 255.0, dtype)
+
+
+# --------------------------------------------------------------------------- augmentation
+def _aug_cases() -> list[Case]:
+    cases = []
+
+    def crop(rng, dt):
+        x = _floats(rng, dt, h=20, w=24)
+        return x, _params(rng, 6, (20, 24)).crop, 16
+
+    def crop_tiny_boxes(rng, dt):
+        x = _floats(rng, dt, h=20, w=24)
+        boxes = np.array([[0, 0, 1, 1], [19, 23, 1, 1], [3, 5, 2, 7], [0, 0, 20, 24], [10, 0, 10, 1],
+                          [5, 6, 15, 18]], np.int64)
+        return x, boxes, 16
+
+    cases += [Case("augment.resized_crop", "resized_crop", crop, "bilinear crop+resize, 20x24 -> 16"),
+              Case("augment.resized_crop.edge_boxes", "resized_crop", crop_tiny_boxes,
+                   "1-pixel, 1-wide, full and corner boxes"),
+              Case("augment.hflip", "hflip", lambda r, dt: (_floats(r, dt), _params(r, 6, (16, 16)).flip))]
+    for op, field_ in (("adjust_brightness", "brightness"), ("adjust_contrast", "contrast"),
+                       ("adjust_saturation", "saturation"), ("adjust_hue", "hue")):
+        cases.append(Case(f"augment.{op}", op, lambda r, dt, f=field_: (
+            _floats(r, dt), _cast(getattr(_params(r, 6, (16, 16)), f), dt))))
+    cases.append(Case("augment.adjust_hue.grey_and_ties", "adjust_hue", lambda r, dt: (
+        _floats(r, dt, levels=(0, 64, 128, 255)), _cast(_params(r, 6, (16, 16)).hue, dt)),
+        "pixels with equal channels and tied maxima"))
+    cases.append(Case("augment.color_jitter", "color_jitter",
+                      lambda r, dt: (_floats(r, dt), _params(r, 6, (16, 16))),
+                      "four ops in per-view random order, p=0.8"))
+    cases.append(Case("augment.grayscale", "grayscale",
+                      lambda r, dt: (_floats(r, dt), np.array([1, 0, 1, 0, 1, 1], bool))))
+
+    def blur(rng, dt, size=16, k=5):
+        p = _params(rng, 6, (size, size))
+        sig = np.array([0.1, 0.5, 1.0, 1.5, 2.0, 0.8])
+        return _floats(rng, dt, h=size, w=size), _cast(sig, dt), np.array([1, 1, 1, 1, 1, 0], bool), k
+
+    cases.append(Case("augment.gaussian_blur.k5", "gaussian_blur", blur, "sigma 0.1..2, reflect pad"))
+    cases.append(Case("augment.gaussian_blur.k23", "gaussian_blur",
+                      lambda r, dt: blur(r, dt, size=64, k=23), "the ImageNet kernel side (23)"))
+
+    def full(rng, dt, cfg=AUG, hw=(20, 24), n=6):
+        return _images_u8(rng, n, *hw), _params(rng, n, hw, cfg), cfg
+
+    cases.append(Case("augment.full.16px", "augment", full, "the whole pipeline, blur on"))
+    cases.append(Case("augment.full.64px_from_96", "augment", lambda r, dt: full(
+        r, dt, AugmentConfig(image_size=64, blur_p=0.5), (96, 80), 4), "ImageNet-like pipeline, k=7"))
+    cases.append(Case("augment.identity_view", "augment", lambda r, dt: (
+        _images_u8(r, 4, 16, 16), identity_params(4, (16, 16)), AUG), "the evaluation view"))
+    return cases
+
+
+# --------------------------------------------------------------------------- layers
+def _bn_args(rng, dt, shape, train, bias=True):
+    c = shape[-1]
+    x = rng.normal(0.5, 2.0, shape)
+    w = rng.uniform(0.5, 1.5, c)
+    b = rng.normal(0, 0.5, c) if bias else None
+    rm, rv = rng.normal(0, 0.3, c), rng.uniform(0.5, 2.0, c)
+    return (_cast(x, dt), _cast(w, dt), None if b is None else _cast(b, dt), _cast(rm, dt),
+            _cast(rv, dt), train, 0.1, 1e-5)
+
+
+def _conv_args(rng, dt, cin, cout, k, stride, pad, hw=9):
+    return (_cast(rng.normal(size=(2, hw, hw, cin)), dt),
+            _cast(rng.normal(0, 1 / math.sqrt(cin * k * k), (cout, cin, k, k)), dt), stride, pad)
+
+
+def _perturbed_weights(rng, cfg: ModelConfig, num_classes=None):
+    """init_weights with non-trivial BN parameters and running statistics (eval mode matters)."""
+    w = init_weights(cfg, seed=int(rng.integers(1 << 30)), num_classes=num_classes)
+    for s in model_specs(cfg, num_classes):
+        if s.kind == "bn.weight":
+            w[s.name] = rng.uniform(0.5, 1.5, s.shape)
+        elif s.kind == "bn.bias":
+            w[s.name] = rng.normal(0, 0.2, s.shape)
+        elif s.kind == "bn.running_mean":
+            w[s.name] = rng.normal(0, 0.2, s.shape)
+        elif s.kind == "bn.running_var":
+            w[s.name] = rng.uniform(0.5, 2.0, s.shape)
+        elif s.kind == "linear.bias":
+            w[s.name] = rng.normal(0, 0.1, s.shape)
+    return w
+
+
+def _cast_weights(w, dt):
+    return {k: _cast(v, dt) for k, v in w.items()}
+
+
+R18 = ModelConfig(arch="resnet18", width=0.125, cifar_stem=True, head_out=16)
+R50 = ModelConfig(arch="resnet50", width=0.125, cifar_stem=False, head_out=16)
+R18_NOBN = replace(R18, head_bn=False, head_layers=3, head_hidden=24)
+
+
+def _layer_cases() -> list[Case]:
+    cases = []
+    for train in (True, False):
+        mode = "train" if train else "eval"
+        cases.append(Case(f"bn.{mode}.4d", "batch_norm",
+                          lambda r, dt, t=train: _bn_args(r, dt, (4, 5, 5, 6), t)))
+        cases.append(Case(f"bn.{mode}.2d_no_beta", "batch_norm",
+                          lambda r, dt, t=train: _bn_args(r, dt, (8, 6), t, bias=False)))
+    for name, args in (("3x3s1p1", (3, 5, 3, 1, 1)), ("3x3s2p1", (4, 6, 3, 2, 1)),
+                       ("7x7s2p3", (3, 4, 7, 2, 3)), ("1x1s2p0", (5, 7, 1, 2, 0))):
+        cases.append(Case(f"conv2d.{name}", "conv2d", lambda r, dt, a=args: _conv_args(r, dt, *a)))
+
+    def block_args(rng, dt, cfg, idx, train, hw):
+        spec = encoder_layout(cfg).blocks[idx]
+        w = _cast_weights(_perturbed_weights(rng, cfg), dt)
+        x = _cast(np.maximum(rng.normal(size=(4, hw, hw, spec.in_ch)), 0), dt)
+        return x, w, spec, train, cfg.bn_momentum, cfg.bn_eps
+
+    for train in (True, False):
+        mode = "train" if train else "eval"
+        cases.append(Case(f"block.basic.stride2.{mode}", "block",
+                          lambda r, dt, t=train: block_args(r, dt, R18, 2, t, 8)))
+        cases.append(Case(f"block.bottleneck.stride2.{mode}", "block",
+                          lambda r, dt, t=train: block_args(r, dt, R50, 3, t, 8)))
+        cases.append(Case(f"encoder.resnet18_cifar.{mode}", "encoder", lambda r, dt, t=train: (
+            _floats(r, dt, 4, 16, 16), _cast_weights(_perturbed_weights(r, R18), dt), R18, t)))
+        cases.append(Case(f"encoder.resnet50_imagenet_stem.{mode}", "encoder", lambda r, dt, t=train: (
+            # 64 px so that layer4 still has 2x2 maps: at 32 px its BN normalises 4 values per
+            # channel and float32 rounding is amplified ~1000x (measured 5.8e-3), an input problem.
+            _floats(r, dt, 4, 64, 64), _cast_weights(_perturbed_weights(r, R50), dt), R50, t)))
+
+        def head_args(rng, dt, cfg, t):
+            from simclr_xb.resnet_spec import feature_dim
+            h = np.maximum(rng.normal(size=(8, feature_dim(cfg))), 0)
+            return _cast(h, dt), _cast_weights(_perturbed_weights(rng, cfg), dt), cfg, t
+
+        cases.append(Case(f"head.bn.{mode}", "head", lambda r, dt, t=train: head_args(r, dt, R18, t)))
+        cases.append(Case(f"head.plain_3layer.{mode}", "head",
+                          lambda r, dt, t=train: head_args(r, dt, R18_NOBN, t)))
+    return cases
+
+
+# --------------------------------------------------------------------------- loss
+NTXENT_GRID = ((2, 8, 0.05), (2, 3, 0.5), (4, 16, 0.1), (8, 128, 0.5), (32, 32, 0.05), (64, 16, 1.0))
+
+
+def _ntxent_cases() -> list[Case]:
+    cases = []
+    for n, d, tau in NTXENT_GRID:
+        def make(rng, dt, n=n, d=d, tau=tau):
+            return _cast(rng.normal(size=(2 * n, d)), dt), tau
+        tag = f"N{n}.d{d}.tau{tau:g}"
+        cases.append(Case(f"nt_xent.value.{tag}", "nt_xent", make))
+        cases.append(Case(f"nt_xent.grad.{tag}", "nt_xent_grad", make))
+    return cases
+
+
+# --------------------------------------------------------------------------- optimiser
+def _lars_args(rng, dt, nesterov):
+    shapes = {"encoder.conv1.weight": (4, 3, 3, 3), "head.0.linear.weight": (5, 4),
+              "encoder.bn1.weight": (4,), "encoder.bn1.bias": (4,), "head.0.linear.bias": (5,),
+              "zero.weight": (3, 2)}
+    params = {k: rng.normal(size=s) for k, s in shapes.items()}
+    params["zero.weight"][:] = 0.0  # |w| = 0: trust falls back to 1
+    grads = {k: rng.normal(0, 0.1, s) for k, s in shapes.items()}
+    momenta = {k: rng.normal(0, 0.01, s) for k, s in shapes.items()}
+    excluded = {k: (len(s) == 1) for k, s in shapes.items()}
+    cfg = OptimConfig(nesterov=nesterov, weight_decay=1e-4, eta=1e-3, momentum=0.9)
+    return (_cast_weights(params, dt), _cast_weights(grads, dt), _cast_weights(momenta, dt), 0.8,
+            cfg, excluded)
+
+
+def _lars_cases() -> list[Case]:
+    return [Case("lars.step.classic", "lars_step", lambda r, dt: _lars_args(r, dt, False),
+                 "decay + trust ratio; BN/bias excluded; a zero weight"),
+            Case("lars.step.nesterov", "lars_step", lambda r, dt: _lars_args(r, dt, True))]
+
+
+def _schedule_oracle(steps, total, warmup, peak):
+    """The schedule written as one vectorised closed form (independent of schedules.py)."""
+    s = np.asarray(steps, np.float64)
+    warm = peak * s / max(warmup, 1)
+    cos = peak * 0.5 * (1 + np.cos(np.pi * np.clip((s - warmup) / max(total - warmup, 1), 0, 1)))
+    return np.where(s < warmup, warm, cos)
+
+
+def _schedule_core(steps, total, warmup, peak):
+    return np.array([warmup_cosine(int(s), total, warmup, peak) for s in steps])
+
+
+SCHEDULE_CASE = Case(
+    "schedule.warmup_cosine", "warmup_cosine",
+    lambda r, dt: (np.arange(0, 1001), 1000, 100, 1.2),
+    "the core's schedule (used by every backend: the loop writes lr into the optimiser every step) "
+    "against an independent closed form", kind="core",
+    impls={"core": _schedule_core, "reference": _schedule_oracle}, dtypes=("float64",))
+
+
+# --------------------------------------------------------------------------- training step
+TINY = Config(model=R18, augment=AugmentConfig(image_size=16, strength=0.5, blur_p=0.5),
+              loss=LossConfig(temperature=0.5), optim=OptimConfig(lr_scaling="sqrt"),
+              train=TrainConfig(batch_size=4, precision="float32"))
+
+
+def _step_args(rng, dt, k):
+    images = _images_u8(rng, 4, 20, 20)
+    w = _cast_weights(init_weights(TINY.model, seed=3), dt)
+    momenta = {s.name: np.zeros(s.shape, dt) for s in model_specs(TINY.model) if s.trainable}
+    views = [(_params(rng, 4, (20, 20), TINY.augment), _params(rng, 4, (20, 20), TINY.augment))
+             for _ in range(k)]
+    lrs = [0.6, 0.5, 0.4, 0.3, 0.2][:k]
+    return w, momenta, images, views, lrs, TINY
+
+
+def k_train_steps(call, weights, momenta, images, views, lrs, cfg):
+    """K consecutive train_step calls, feeding each step's weights into the next."""
+    losses = []
+    for (p1, p2), lr in zip(views, lrs):
+        loss, weights, momenta = call("train_step", weights, momenta, images, p1, p2, lr, cfg)
+        losses.append(loss)
+    return {"losses": np.array(losses), "weights": weights, "momenta": momenta}
+
+
+def _step_cases() -> list[Case]:
+    return [Case("train_step.1", k_train_steps, lambda r, dt: _step_args(r, dt, 1),
+                 "augment both views, one forward over 2N, NT-Xent, backward, LARS"),
+            Case("train_step.5", k_train_steps, lambda r, dt: _step_args(r, dt, 5),
+                 "five consecutive steps from identical weights and view parameters")]
+
+
+CROSSLOAD_CASE = Case("checkpoint.crossload", "crossload", lambda r, dt: (TINY,),
+                      "Trainer state -> HDF5 -> the other backend -> state: bit-exact",
+                      kind="crossload", dtypes=("float32",))
+
+
+def all_cases() -> list[Case]:
+    return (_aug_cases() + _layer_cases() + _ntxent_cases() + _lars_cases() + [SCHEDULE_CASE]
+            + _step_cases() + [CROSSLOAD_CASE])

@@ -1,0 +1,209 @@
+"""Run conformance cases over the oracle and the installed backends; one runner for pytest
+and ``simclr-xb conformance``.
+
+For every case and dtype, each implementation receives the same positional arguments (the
+oracle receives them converted to float64) and the runner compares every pair: each backend
+against the oracle, and the backends against each other. A backend that is not installed
+gives SKIP rows, never PASS.
+"""
+from __future__ import annotations
+
+import fnmatch
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from simclr_xb import reference
+from simclr_xb.augment import ViewParams
+from simclr_xb.backend import BACKENDS, BackendUnavailable, get_backend
+
+from .cases import Case, all_cases
+from .compare import compare
+from .tolerances import EXACT, tolerance_for
+
+ORACLE = "oracle"
+
+
+@dataclass
+class Result:
+    case: str
+    pair: str
+    dtype: str
+    status: str  # PASS | FAIL | SKIP | ERROR
+    max_abs: float | None = None
+    max_rel: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    tolerance_reason: str = ""
+    detail: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _to64(obj):
+    """Deep-convert floating arrays to float64 (the oracle always computes in float64)."""
+    if isinstance(obj, np.ndarray):
+        return obj.astype(np.float64) if obj.dtype.kind == "f" else obj
+    if isinstance(obj, dict):
+        return {k: _to64(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to64(v) for v in obj)
+    if isinstance(obj, ViewParams):
+        return ViewParams.from_dict({k: _to64(v) for k, v in obj.to_dict().items()})
+    return obj
+
+
+Caller = Callable[..., object]
+
+
+def implementations(backends: list[str], with_oracle: bool = True,
+                    override: dict[str, Caller] | None = None):
+    """-> ({name: call(fn_name, *args, dtype=...)}, {name: reason unavailable})."""
+    impls: dict[str, Caller] = {}
+    skipped: dict[str, str] = {}
+    if with_oracle:
+        impls[ORACLE] = lambda fn, *args, dtype: getattr(reference, fn)(*_to64(args))
+    for name in backends:
+        if override and name in override:
+            impls[name] = override[name]
+            continue
+        try:
+            api = get_backend(name)
+        except BackendUnavailable as e:
+            skipped[name] = str(e.__cause__ or e)
+            continue
+        impls[name] = (lambda api: lambda fn, *args, dtype: getattr(api, fn)(*args, dtype=dtype))(api)
+    return impls, skipped
+
+
+def _pairs(names: list[str], oracle: bool) -> list[tuple[str, str]]:
+    backends = [n for n in names if n != ORACLE]
+    pairs = [(b, ORACLE) for b in backends] if oracle else []
+    pairs += [(a, b) for i, a in enumerate(backends) for b in backends[i + 1:]]
+    return pairs
+
+
+def _crossload(call_a_name, api_a, api_b, cfg) -> tuple[dict, dict]:
+    """A's Trainer state -> HDF5 checkpoint -> B's Trainer -> B's state."""
+    from simclr_xb.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    ta = api_a.Trainer(cfg, 10, device="cpu") if api_a is not None else None
+    if ta is not None:
+        state = ta.state_dict()
+    else:  # the oracle side: canonical init weights in float32, zero momenta
+        from simclr_xb.resnet_spec import init_weights, model_specs
+        w = init_weights(cfg.model, cfg.train.seed, 10)
+        state = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in w.items()}
+        state.update({f"momentum/{s.name}": np.zeros(s.shape, np.float32)
+                      for s in model_specs(cfg.model, 10) if s.trainable})
+    weights = {k: v for k, v in state.items() if not k.startswith("momentum/")}
+    mom = {k[9:]: v for k, v in state.items() if k.startswith("momentum/")}
+    with tempfile.TemporaryDirectory() as d:
+        path = save_checkpoint(Path(d) / "x.h5", Checkpoint(cfg, weights, mom, backend=call_a_name))
+        ck = load_checkpoint(path)
+    tb = api_b.Trainer(cfg, 10, device="cpu")
+    tb.load_state_dict(ck.state_dict())
+    return state, tb.state_dict()
+
+
+def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str, str] | None = None,
+             apis: dict | None = None) -> list[Result]:
+    skipped = skipped or {}
+    results: list[Result] = []
+    names = list(impls)
+    if case.kind == "core":
+        t0 = time.perf_counter()
+        args = case.make(np.random.default_rng(case.seed), dtype)
+        a, b = (case.impls["core"](*args), case.impls["reference"](*args))
+        tol = tolerance_for(case.name, dtype)
+        c = compare(a, b, tol)
+        return [Result(case.name, "core~oracle", dtype, "PASS" if c.passed else "FAIL", c.max_abs,
+                       c.max_rel, tol.atol, tol.rtol, tol.reason, c.detail, time.perf_counter() - t0)]
+    if case.kind == "crossload":
+        backends = [n for n in names if n != ORACLE]
+        apis = apis or {}
+        order = [(a, b) for a in backends + [ORACLE] for b in backends if a != b]
+        for a, b in order:
+            t0 = time.perf_counter()
+            try:
+                args = case.make(np.random.default_rng(case.seed), dtype)
+                src, dst = _crossload(a, apis.get(a) if a != ORACLE else None, apis[b], *args)
+                c = compare(dst, src, EXACT)
+                results.append(Result(case.name, f"{a}->{b}", dtype, "PASS" if c.passed else "FAIL",
+                                      c.max_abs, c.max_rel, 0.0, 0.0, EXACT.reason, c.detail,
+                                      time.perf_counter() - t0))
+            except Exception as e:  # noqa: BLE001 - reported as ERROR with its message
+                results.append(Result(case.name, f"{a}->{b}", dtype, "ERROR",
+                                      detail=f"{type(e).__name__}: {e}"))
+        for s, why in skipped.items():
+            results.append(Result(case.name, f"{s}<->*", dtype, "SKIP", detail=f"{s} not installed: {why}"))
+        return results
+
+    outputs, errors, times = {}, {}, {}
+    for name, call in impls.items():
+        if name == ORACLE and not case.oracle:
+            continue
+        t0 = time.perf_counter()
+        try:
+            args = case.make(np.random.default_rng(case.seed), dtype)
+            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype))(call)
+            outputs[name] = bound(case.fn, *args) if isinstance(case.fn, str) else case.fn(bound, *args)
+        except Exception as e:  # noqa: BLE001
+            errors[name] = f"{type(e).__name__}: {e}"
+            tb = traceback.extract_tb(e.__traceback__)
+            if tb:
+                errors[name] += f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})"
+        times[name] = time.perf_counter() - t0
+    tol = tolerance_for(case.name, dtype)
+    for a, b in _pairs(names, case.oracle):
+        pair = f"{a}~{b}"
+        if a in errors or b in errors:
+            who = a if a in errors else b
+            results.append(Result(case.name, pair, dtype, "ERROR", detail=f"{who}: {errors[who]}"))
+            continue
+        c = compare(outputs[a], outputs[b], tol)
+        results.append(Result(case.name, pair, dtype, "PASS" if c.passed else "FAIL", c.max_abs,
+                              c.max_rel, tol.atol, tol.rtol, tol.reason, c.detail,
+                              times.get(a, 0) + times.get(b, 0)))
+    for s, why in skipped.items():
+        results.append(Result(case.name, f"{s}~*", dtype, "SKIP", detail=f"{s} not installed: {why}"))
+    return results
+
+
+def select(cases: list[Case], pattern: str | None) -> list[Case]:
+    if not pattern:
+        return cases
+    pats = [p.strip() for p in pattern.split(",") if p.strip()]
+    pats = [p if any(ch in p for ch in "*?[") else f"*{p}*" for p in pats]
+    return [c for c in cases if any(fnmatch.fnmatch(c.name, p) for p in pats)]
+
+
+def run(backends: list[str] | None = None, pattern: str | None = None,
+        dtypes: tuple[str, ...] = ("float32", "float64"), on_result=None,
+        override: dict[str, Caller] | None = None) -> list[Result]:
+    """Run the selected cases; ``on_result(result)`` is called as each row completes."""
+    backends = list(backends or BACKENDS)
+    impls, skipped = implementations(backends, override=override)
+    apis = {}
+    for n in impls:
+        if n != ORACLE:
+            try:
+                apis[n] = get_backend(n)
+            except BackendUnavailable:
+                pass
+    results = []
+    for case in select(all_cases(), pattern):
+        for dt in dtypes:
+            if dt not in case.dtypes:
+                continue
+            for r in run_case(case, impls, dt, skipped, apis):
+                results.append(r)
+                if on_result:
+                    on_result(r)
+    return results

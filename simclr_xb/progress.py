@@ -1,0 +1,101 @@
+"""Progress display and metric logging for long runs (no third-party dependency).
+
+:class:`Progress` draws a one-line bar on a terminal (``\\r`` updates) and prints plain lines
+every ``every`` steps when the output is not a terminal (CI logs, files).
+:class:`MetricsLog` appends one JSON object per step to ``metrics.jsonl``; on resume it drops
+lines from steps after the checkpoint, so the file always describes one trajectory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+    """``Progress(total, start)``; call ``update(step, **fields)`` after each step."""
+
+    def __init__(self, total: int, start: int = 0, every: int = 10, stream=None, width: int = 24,
+                 enabled: bool = True):
+        self.total, self.start, self.every = total, start, max(1, every)
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.width = width
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self._last_len = 0
+
+    def rate_eta(self, step: int) -> tuple[float, float]:
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        rate = done / elapsed if elapsed > 0 else float("nan")
+        eta = (self.total - step) / rate if rate and rate > 0 else float("nan")
+        return rate, eta
+
+    def line(self, step: int, fields: dict) -> str:
+        rate, eta = self.rate_eta(step)
+        frac = step / self.total if self.total else 1.0
+        filled = int(self.width * frac)
+        bar = "#" * filled + "-" * (self.width - filled)
+        parts = [f"{step}/{self.total} [{bar}] {100 * frac:5.1f}%"]
+        for k, v in fields.items():
+            if isinstance(v, float):
+                parts.append(f"{k} {v:.4g}")
+            else:
+                parts.append(f"{k} {v}")
+        parts.append(f"ETA {format_duration(eta)}")
+        return "  ".join(parts)
+
+    def update(self, step: int, **fields) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            text = self.line(step, fields)
+            pad = max(0, self._last_len - len(text))
+            self.stream.write("\r" + text + " " * pad)
+            self._last_len = len(text)
+            self.stream.flush()
+        elif step % self.every == 0 or step == self.total:
+            self.stream.write(self.line(step, fields) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._last_len:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class MetricsLog:
+    """Append-only JSON-lines metrics with truncation to a resume step."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None):
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            kept = [l for l in self.path.read_text().splitlines()
+                    if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+            self.path.write_text("".join(l + "\n" for l in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._f = open(self.path, "a")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, allow_nan=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    @staticmethod
+    def read(path: str | Path) -> list[dict]:
+        return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]

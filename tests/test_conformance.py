@@ -1,0 +1,83 @@
+"""The conformance suite under pytest: the same cases `simclr-xb conformance` runs.
+
+One parametrised test per (case, dtype) runs every available pair; pairs whose backend is not
+installed are skipped (never passed). Negative controls check that the suite catches the two
+classic bugs: NT-Xent without the self-similarity mask and BN with the biased running variance.
+"""
+import numpy as np
+import pytest
+
+from simclr_xb import reference
+from simclr_xb.backend import BACKENDS, BackendUnavailable, get_backend
+from simclr_xb.conformance.cases import all_cases
+from simclr_xb.conformance.runner import ORACLE, implementations, run, run_case
+
+INSTALLED = []
+for _name in BACKENDS:
+    try:
+        get_backend(_name)
+        INSTALLED.append(_name)
+    except BackendUnavailable:
+        pass
+
+_IMPLS, _SKIPPED = implementations(list(BACKENDS))
+_APIS = {n: get_backend(n) for n in INSTALLED}
+
+PARAMS = [pytest.param(c, dt, id=f"{c.name}-{dt}") for c in all_cases() for dt in c.dtypes]
+
+
+@pytest.mark.parametrize("case,dtype", PARAMS)
+def test_case(case, dtype):
+    results = run_case(case, _IMPLS, dtype, _SKIPPED, _APIS)
+    compared = [r for r in results if r.status != "SKIP"]
+    if not compared:
+        pytest.skip(f"no installed backend to compare for {case.name}")
+    bad = [r for r in compared if r.status != "PASS"]
+    assert not bad, "\n".join(f"{r.case} {r.pair} {r.dtype}: {r.status} max_abs={r.max_abs} "
+                              f"atol={r.atol} rtol={r.rtol} {r.detail}" for r in bad)
+
+
+# ---------------------------------------------------------------- negative controls
+def _nt_xent_no_mask(z, tau, dtype=None):
+    """The bug: the denominator includes k = i (self-similarity exp(1/tau))."""
+    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    s = u @ u.T / tau
+    pos = s[np.arange(len(z)), reference.positive_index(len(z))]
+    return float(np.mean(np.log(np.exp(s).sum(axis=1)) - pos))
+
+
+def _bn_biased(x, weight, bias, rm, rv, train, momentum=0.1, eps=1e-5, dtype=None):
+    """The bug: running_var keeps the biased batch variance (mlx.nn.BatchNorm's convention)."""
+    y, m, v = reference.batch_norm(x, weight, bias, rm, rv, train, momentum, eps)
+    if train:
+        axes = tuple(range(x.ndim - 1))
+        v = (1 - momentum) * rv + momentum * x.var(axis=axes)
+    return y, m, v
+
+
+@pytest.mark.parametrize("fn_name,bad_fn,pattern", [
+    ("nt_xent", _nt_xent_no_mask, "nt_xent.value.*"),
+    ("batch_norm", _bn_biased, "bn.train.*"),
+])
+def test_negative_control_is_caught(fn_name, bad_fn, pattern):
+    def perturbed(fn, *args, dtype):
+        if fn == fn_name:
+            return bad_fn(*args, dtype=dtype)
+        return getattr(reference, fn)(*args)
+
+    results = run(["torch"], pattern, ("float64",), override={"torch": perturbed})
+    rows = [r for r in results if r.pair == f"torch~{ORACLE}"]
+    assert rows, "the negative control ran no case"
+    assert all(r.status == "FAIL" for r in rows), [(r.case, r.status, r.max_abs) for r in rows]
+
+
+def test_every_issue_case_is_listed():
+    names = {c.name for c in all_cases()}
+    for prefix in ("augment.resized_crop", "augment.hflip", "augment.adjust_brightness",
+                   "augment.adjust_contrast", "augment.adjust_saturation", "augment.adjust_hue",
+                   "augment.color_jitter", "augment.grayscale", "augment.gaussian_blur", "augment.full",
+                   "bn.train", "bn.eval", "block.basic", "block.bottleneck", "encoder.", "head.",
+                   "nt_xent.value", "nt_xent.grad", "lars.step", "schedule.", "train_step.1",
+                   "train_step.5", "checkpoint.crossload"):
+        assert any(n.startswith(prefix) for n in names), prefix
+    assert any("tau0.05" in n for n in names) and any(".N2." in n for n in names)
