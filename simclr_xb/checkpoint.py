@@ -64,7 +64,9 @@ class Checkpoint:
 def _digest(groups: dict[str, dict[str, np.ndarray]], attrs: dict[str, object]) -> str:
     h = hashlib.sha256()
     for key in sorted(attrs):
-        h.update(f"attr:{key}={attrs[key]!s}\n".encode())
+        # surrogateescape: a damaged string attribute (undecodable bytes) must give a digest
+        # mismatch, not a UnicodeEncodeError; valid text encodes exactly as before.
+        h.update(f"attr:{key}={attrs[key]!s}\n".encode("utf-8", "surrogateescape"))
     for g in _GROUPS:
         for name in sorted(groups.get(g, {})):
             a = np.ascontiguousarray(groups[g][name])
@@ -130,11 +132,13 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
             os.close(fd)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as e:
+    except BaseException as e:  # any failure (also TypeError from h5py, KeyboardInterrupt): no temp left
         try:
             tmp.unlink()
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e} "
                               f"(the previous checkpoint, if any, is untouched)") from None
     return path
@@ -164,7 +168,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
             groups = {g: _read_group(f, g) for g in _GROUPS}
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - h5py raises RuntimeError/TypeError/... on damaged metadata
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt?): {e}") from None
     if verify:
         stored = attrs.pop("sha256", None)
