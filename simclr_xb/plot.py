@@ -73,7 +73,8 @@ def line_chart(series: dict[str, tuple], title: str, xlabel: str, ylabel: str,
             d.line(pts, fill=color, width=2)
         elif pts:
             d.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=color)
-        d.text((W - right - 150, top + 6 + 12 * i), f"-- {name}", fill=color, font=font)
+        label = f"-- {name}"
+        d.text((W - right - 8 - 6 * len(label), top + 6 + 12 * i), label, fill=color, font=font)
     return img
 
 

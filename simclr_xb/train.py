@@ -149,7 +149,8 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         start = ckpt.step
 
     loader = BatchLoader(dataset.images, dataset.labels, per_rank, seed=cfg.train.seed, rank=rank,
-                         world=world, drop_last=True, shuffle=True, prefetch=max(1, cfg.data.num_workers))
+                         world=world, drop_last=True, shuffle=True, prefetch=2,
+                         num_workers=cfg.data.num_workers)
     spe = loader.steps_per_epoch
     schedule = LRSchedule(cfg, spe)
     total = cfg.train.epochs * spe
@@ -186,7 +187,7 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         with _StopFlag() as stop:
             epoch = step // spe
             while step < end:
-                for images, labels in loader.epoch(epoch, start_step=step % spe):
+                for images, labels, _ in loader.epoch(epoch, start_step=step % spe):
                     t0 = time.perf_counter()
                     p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, epoch, step, rank)
                     lr = schedule(step)
