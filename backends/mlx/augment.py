@@ -22,6 +22,8 @@ import numpy as np
 from simclr_xb.augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewParams
 from simclr_xb.config import AugmentConfig
 
+from .layers import exp
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
@@ -199,7 +201,7 @@ def gaussian_kernel1d(sigma: mx.array, kernel_size: int) -> mx.array:
     """(N,) sigmas -> (N, k) normalised kernels exp(-t^2 / (2 sigma^2)), t = -r..r."""
     r = kernel_size // 2
     t = mx.arange(-r, r + 1, dtype=sigma.dtype)[None, :]
-    k = mx.exp(-(t ** 2) / (2.0 * sigma[:, None] ** 2))
+    k = exp(-(t ** 2) / (2.0 * sigma[:, None] ** 2))
     return k / mx.sum(k, axis=1, keepdims=True)
 
 

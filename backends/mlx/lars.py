@@ -101,11 +101,14 @@ class LARS(optim.Optimizer):
 
     def set_momenta(self, momenta: dict[str, mx.array]) -> None:
         """Overwrite momentum buffers in place (the state tree object stays the same, so a
-        compiled step holding it keeps working). Every path must already exist."""
+        compiled step holding it keeps working). Every path must already exist; a path is a
+        key of a flat parameter dict or a dotted path into a nested one."""
         for path, v in momenta.items():
-            node = self.state
-            for key in path.split("."):
-                node = node[int(key)] if isinstance(node, list) else node[key]
+            node = self.state.get(path) if isinstance(self.state, dict) else None
+            if node is None:
+                node = self.state
+                for key in path.split("."):
+                    node = node[int(key)] if isinstance(node, list) else node[key]
             if node["v"].shape != v.shape:
                 raise ValueError(f"momentum for {path} has shape {tuple(v.shape)}, "
                                  f"optimizer expects {tuple(node['v'].shape)}")

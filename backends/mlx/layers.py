@@ -6,13 +6,35 @@ in ``running_var``, ``new = (1 - momentum) * old + momentum * batch`` (momentum 
 0.9), eps 1e-5, and count ``num_batches_tracked``. ``mlx.nn.BatchNorm`` stored the biased
 variance in older MLX releases, has no counter and no "scale without shift" form, hence our
 own. The projection head's last BN has a weight but NO bias (official code: ``center=False``).
+
+:func:`exp` / :func:`logsumexp`: MLX's CPU ``mx.exp`` is a float32-accurate approximation even
+for float64 inputs (measured relative error 1.8e-6 on mlx 0.32), which would cap the float64
+conformance at ~1e-6; for float64 we use ``e ** x`` (``mx.power``, accurate to ~1e-15).
 """
 from __future__ import annotations
+
+import math
 
 import mlx.core as mx
 import mlx.nn as nn
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def exp(x: mx.array) -> mx.array:
+    """Elementwise e^x, accurate in float64 too (see the module docstring)."""
+    if x.dtype == mx.float64:
+        return mx.power(mx.array(math.e, dtype=mx.float64), x)
+    return mx.exp(x)
+
+
+def logsumexp(x: mx.array, axis: int) -> mx.array:
+    """log(sum(exp(x))) along ``axis`` with the max subtracted first (stable; -inf entries
+    contribute 0 and get zero gradient). Same as ``mx.logsumexp`` but float64-accurate."""
+    if x.dtype != mx.float64:
+        return mx.logsumexp(x, axis=axis)
+    m = mx.stop_gradient(mx.max(x, axis=axis, keepdims=True))
+    return mx.squeeze(m + mx.log(mx.sum(exp(x - m), axis=axis, keepdims=True)), axis=axis)
 
 
 def batch_norm(x: mx.array, weight, bias, running_mean: mx.array, running_var: mx.array,
@@ -82,15 +104,48 @@ class BatchNorm(nn.Module):
 
 def conv2d(x: mx.array, w: mx.array, stride: int = 1, padding: int = 0) -> mx.array:
     """Cross-correlation without bias: x (N, H, W, Cin), w OHWI (Cout, kh, kw, Cin) -> NHWC.
-    The same call ``mlx.nn.Conv2d`` makes."""
-    return mx.conv2d(x, w, stride=stride, padding=padding)
+
+    ``mx.conv2d``, except in float64: MLX's CPU convolution accumulates float64 inputs with
+    float32 accuracy (measured max error 3e-6 on unit-normal data, mlx 0.32), so float64 uses
+    im2col + matmul (float64-exact; slower, meant for conformance runs).
+    """
+    if x.dtype != mx.float64:
+        return mx.conv2d(x, w, stride=stride, padding=padding)
+    cout, kh, kw, cin = w.shape
+    n, H, W, _ = x.shape
+    if padding:
+        x = mx.pad(x, [(0, 0), (padding, padding), (padding, padding), (0, 0)])
+    ho = (H + 2 * padding - kh) // stride + 1
+    wo = (W + 2 * padding - kw) // stride + 1
+    taps = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(kh) for j in range(kw)]  # each (N, Ho, Wo, Cin), in (kh, kw) order
+    cols = mx.stack(taps, axis=3).reshape(n * ho * wo, kh * kw * cin)
+    return (cols @ w.reshape(cout, kh * kw * cin).T).reshape(n, ho, wo, cout)
 
 
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+class Conv2d(nn.Module):
+    """Convolution without bias, weight OHWI (Cout, kh, kw, Cin), through :func:`conv2d`.
+
+    Zero-initialised: the backend's weights always come from
+    :func:`simclr_xb.resnet_spec.init_weights` (so that both backends start identical).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0):
+        super().__init__()
+        self.weight = mx.zeros((out_ch, kernel_size, kernel_size, in_ch))
+        self.stride = stride
+        self.padding = padding
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return conv2d(x, self.weight, self.stride, self.padding)
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> Conv2d:
     """3x3 convolution, padding 1, no bias (torchvision ``conv3x3``)."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+    return Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1)
 
 
-def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> Conv2d:
     """1x1 convolution, no bias (torchvision ``conv1x1``)."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, padding=0, bias=False)
+    return Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, padding=0)

@@ -20,7 +20,7 @@ import mlx.nn as nn
 from simclr_xb.config import ModelConfig
 from simclr_xb.resnet_spec import BlockSpec, encoder_layout
 
-from .layers import BatchNorm, conv1x1, conv3x3
+from .layers import BatchNorm, Conv2d, conv1x1, conv3x3
 
 
 class BasicBlock(nn.Module):
@@ -102,8 +102,8 @@ class ResNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         lay = encoder_layout(cfg)
-        self.conv1 = nn.Conv2d(3, lay.stem_ch, kernel_size=lay.stem_kernel,
-                               stride=lay.stem_stride, padding=lay.stem_pad, bias=False)
+        self.conv1 = Conv2d(3, lay.stem_ch, kernel_size=lay.stem_kernel,
+                            stride=lay.stem_stride, padding=lay.stem_pad)
         self.bn1 = BatchNorm(lay.stem_ch, cfg.bn_eps, cfg.bn_momentum)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if lay.maxpool else None
         stages: dict[str, list] = {}
