@@ -51,22 +51,26 @@ def to_tensor(a, device: str | torch.device = "cpu", dtype: str | torch.dtype | 
 
 
 def to_numpy(t: torch.Tensor, dtype: np.dtype | str | None = None) -> np.ndarray:
-    """tensor -> numpy (detached, on the host). bfloat16, which numpy lacks, becomes float32;
-    ``dtype`` casts the result."""
+    """tensor -> numpy (detached, on the host), always a copy that shares no memory with the
+    tensor (a CPU tensor's ``.numpy()`` would alias it). bfloat16, which numpy lacks, becomes
+    float32; ``dtype`` casts the result."""
     t = t.detach()
     if t.dtype == torch.bfloat16:
         t = t.float()
-    a = t.cpu().numpy()
-    return a.astype(dtype, copy=False) if dtype is not None else a
+    return np.array(t.cpu().numpy(), dtype=dtype, copy=True, order="C")
 
 
 def images_to_torch(x, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                    ) -> torch.Tensor:
-    """Canonical NHWC images (N, H, W, C) -> contiguous NCHW tensor (N, C, H, W)."""
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Canonical NHWC images (N, H, W, C) -> contiguous NCHW tensor (N, C, H, W), written into
+    ``out`` when given (a contiguous (N, C, H, W) tensor of the target dtype and device)."""
     t = to_tensor(x, device, dtype)
     if t.ndim != 4:
         raise ValueError(f"images must be 4-D NHWC (N, H, W, C), got shape {tuple(t.shape)}")
-    return t.permute(0, 3, 1, 2).contiguous()
+    if out is None:
+        out = torch.empty((t.shape[0], t.shape[3], t.shape[1], t.shape[2]), dtype=t.dtype, device=t.device)
+    out.permute(0, 2, 3, 1).copy_(t)  # writing through the permuted view is the fast direction
+    return out
 
 
 def images_from_torch(x: torch.Tensor) -> np.ndarray:
@@ -88,7 +92,8 @@ def weights_to_numpy(state: dict[str, torch.Tensor], float_dtype=np.float32) -> 
     return out
 
 
-def weights_to_torch(weights: dict[str, np.ndarray], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def weights_to_torch(weights: dict[str, np.ndarray],
+                     like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Canonical numpy dict -> tensors with the dtype and device of ``like`` (a state_dict)."""
     out = {}
     for name, a in weights.items():
