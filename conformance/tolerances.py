@@ -31,8 +31,22 @@ DEFAULT = {
 
 EXACT = Tolerance(0.0, 0.0, "exact: a copy must not change a single bit")
 
-# case name (or prefix ending in '*') -> dtype -> Tolerance. Filled in from measurements.
-OVERRIDES: dict[str, dict[str, Tolerance]] = {}
+# case name (or prefix ending in '*') -> dtype -> Tolerance. Each reason gives the error
+# measured when it was set (torch 2.13 CPU, mlx 0.32.4 CPU, 2026-11-23) and the conditioning
+# behind it: "sensitivity" is how far the EXACT float64 oracle output moves when only its
+# weights are rounded to float32 (relative noise 6e-8), i.e. what float32 itself can resolve.
+OVERRIDES: dict[str, dict[str, Tolerance]] = {
+    "encoder.resnet50_imagenet_stem.train": {"float32": Tolerance(1e-3, 1e-5, (
+        "train-mode BN in layer4 normalises 32 values per channel (2x2 maps, 8 images), which "
+        "amplifies float32 rounding: measured max abs 2.0e-4 torch, 3.3e-4 mlx vs the oracle; "
+        "oracle sensitivity 4.6e-5. The same case in float64 passes at 1e-10."))},
+    "train_step.5": {"float32": Tolerance(8e-2, 1e-5, (
+        "5 consecutive steps: the stem BN gradient sums 2N*H*W terms that cancel to ~1e-3 of "
+        "their size (~1% relative float32 error in every implementation) and BN parameters take "
+        "plain SGD steps, so float32 trajectories separate: measured max abs 2.2e-2 torch, "
+        "2.3e-2 mlx vs the oracle, 2.1e-3 torch vs mlx; oracle sensitivity 4.7e-3. The same "
+        "case in float64 passes at 1e-10 (measured 7e-12)."))},
+}
 
 
 def tolerance_for(case: str, dtype: str) -> Tolerance:
