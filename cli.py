@@ -54,16 +54,25 @@ def build_config(preset_name: str | None, config_file: str | None, overrides: tu
     if config_file:
         cfg = load_config_file(config_file, base=cfg)
     cfg = cfg.with_overrides(list(overrides))
-    mapping = {"epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
-               "max_steps": "train.max_steps", "precision": "train.precision", "data": "data.name",
-               "data_root": "data.root", "compile_": "train.compile", "lr": "optim.base_lr",
-               "temperature": "loss.temperature", "arch": "model.arch", "width": "model.width",
-               "image_size": "augment.image_size"}
-    for flag, dotted in mapping.items():
+    for flag, dotted in FLAG_FIELDS.items():
         value = flags.get(flag)
         if value is not None:
             cfg = cfg.with_value(dotted, value)
     return cfg.validate()
+
+
+# Dedicated options -> the config field each one sets.
+FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
+               "max_steps": "train.max_steps", "precision": "train.precision", "data": "data.name",
+               "data_root": "data.root", "compile_": "train.compile", "lr": "optim.base_lr",
+               "temperature": "loss.temperature", "arch": "model.arch", "width": "model.width",
+               "image_size": "augment.image_size", "skip_bad_images": "data.skip_bad_images"}
+
+
+def requested_fields(overrides: tuple[str, ...], flags: dict) -> list[str]:
+    """The config fields the user set explicitly (--set and dedicated options)."""
+    return [o.partition("=")[0].strip() for o in overrides] + \
+        [FLAG_FIELDS[k] for k, v in flags.items() if v is not None and k in FLAG_FIELDS]
 
 
 def config_options(f):
@@ -138,23 +147,95 @@ def info():
 @click.option("--precision", type=click.Choice(["float32", "float64", "bfloat16"]), default=None)
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile / mx.compile.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(backend, preset_name, config_file, overrides, out_dir, resume, device, quiet, **flags):
-    """Pre-train SimCLR and write checkpoints, metrics and a plot into --out."""
+@click.option("--skip-bad-images", is_flag=True, default=None,
+              help="Skip images that cannot be decoded (folder datasets) instead of failing.")
+@click.option("--nproc", type=int, default=None,
+              help="Data parallel on this machine: run this command in N processes (torchrun for "
+                   "torch, mlx.launch for mlx). --batch-size stays the GLOBAL batch.")
+@click.option("--hostfile", type=click.Path(dir_okay=False), default=None,
+              help="mlx only: an mlx.launch hostfile to run on several machines (docs/distributed.md).")
+def train(backend, preset_name, config_file, overrides, out_dir, resume, device, quiet, nproc, hostfile,
+          **flags):
+    """Pre-train SimCLR and write checkpoints, metrics and a plot into --out.
+
+    \b
+    Data parallel: --nproc N here, or start the ranks yourself, e.g.
+      torchrun --nproc-per-node 4 -m simclr_xb.cli train --backend torch ...
+      mlx.launch -n 2 --backend ring -- python -m simclr_xb.cli train --backend mlx ...
+    (multi-node: docs/distributed.md, scripts/slurm_torchrun.sh). Rank 0 logs and checkpoints.
+    """
+    if hostfile is not None or (nproc is not None and nproc != 1):
+        _launch_ranks(backend, nproc or 1, hostfile)
+    from simclr_xb.distributed import DistributedError, from_env, mark_done
     from simclr_xb.train import train as run_train
+    dist = None
     try:
+        dist = from_env(backend)
         cfg = build_config(preset_name, config_file, overrides, **flags)
         if resume is None and (Path(out_dir) / "last.h5").exists():
             raise UserError(f"{out_dir} already holds a run (last.h5): pass --resume {out_dir} to "
                             f"continue it, or choose another --out")
         res = run_train(cfg, out_dir, backend=backend, resume=resume, device=device,
-                        show_progress=not quiet, log=lambda m: click.echo(m, err=True))
-    except UserError:
+                        show_progress=not quiet, dist=dist, log=lambda m: click.echo(m, err=True),
+                        requested_fields=requested_fields(overrides, flags))
+    except UserError as e:
+        raise UserError(_on_rank(dist, e.message)) from e
+    except (DistributedError,) + _known_errors() as e:
+        raise UserError(_on_rank(dist, str(e))) from e
+    except Exception as e:
+        if dist is not None:  # the launcher (or the collective timeout) stops the other ranks
+            click.echo(_on_rank(dist, f"failed with {type(e).__name__}: {e}"), err=True)
         raise
-    except _known_errors() as e:
-        _fail(e)
-    (Path(out_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    click.echo(f"done: {res.stopped} at step {res.step}/{res.total_steps}, final loss "
-               f"{res.final_loss:.4f}, {res.wall_s:.0f} s; checkpoint {res.checkpoint}")
+    if dist is None or dist.is_main:
+        (Path(out_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        click.echo(f"done: {res.stopped} at step {res.step}/{res.total_steps}, final loss "
+                   f"{res.final_loss:.4f}, {res.wall_s:.0f} s; checkpoint {res.checkpoint}")
+    if dist is not None:
+        dist.shutdown()
+    mark_done(dist)
+
+
+def _on_rank(dist, message: str) -> str:
+    return message if dist is None else f"rank {dist.rank} of {dist.world}: {message}"
+
+
+def _launch_ranks(backend: str, nproc: int, hostfile: str | None) -> None:
+    """Re-run the current ``train`` command (minus --nproc/--hostfile) under torchrun or
+    mlx.launch in ``nproc`` processes, then exit with the launcher's status."""
+    import subprocess
+
+    from click.core import ParameterSource
+
+    import tempfile
+
+    from simclr_xb.distributed import STATUS_ENV, DistributedError, failed_ranks, launch_argv
+    ctx = click.get_current_context()
+    args = [ctx.info_name, "--backend", backend]
+    for p in ctx.command.params:
+        if not isinstance(p, click.Option) or p.name in ("nproc", "hostfile", "backend") or \
+                ctx.get_parameter_source(p.name) in (None, ParameterSource.DEFAULT):
+            continue
+        opt = max(p.opts, key=len)
+        for value in (ctx.params[p.name] if p.multiple else [ctx.params[p.name]]):
+            if p.is_flag and p.secondary_opts:
+                args.append(opt if value else max(p.secondary_opts, key=len))
+            elif p.is_flag:
+                args += [opt] if value else []
+            else:
+                args += [opt, str(value)]
+    try:
+        argv = launch_argv(backend, nproc, args, hostfile=hostfile)
+    except DistributedError as e:
+        raise UserError(str(e)) from e
+    click.echo(f"launching: {' '.join(argv)}", err=True)
+    with tempfile.TemporaryDirectory(prefix="simclr-xb-ranks-") as status:
+        code = subprocess.run(argv, env=dict(os.environ, **{STATUS_ENV: status})).returncode
+        failed = failed_ranks(status, nproc) if hostfile is None else []
+    if code == 0 and failed:  # mlx.launch exits 0 even when a rank failed
+        click.echo(f"error: rank(s) {', '.join(map(str, failed))} of {nproc} did not finish (see above)",
+                   err=True)
+        code = 1
+    sys.exit(code)
 
 
 # --------------------------------------------------------------------------- eval
@@ -185,6 +266,8 @@ def eval_(checkpoint, data, data_root, backend, device, random_init, raw_pixels,
             raise UserError("give --checkpoint (or --random-init / --raw-pixels with --preset)")
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True)) \
             if checkpoint else None
+        if ck is not None and not random_init:
+            ck.check_fits_config()
         cfg = ck.config if ck else preset(preset_name or "tiny")
         weights = None if (random_init or ck is None) else ck.weights
         res = evaluate(cfg, weights, data_spec=data, backend=backend or (ck.backend if ck else None),
@@ -317,6 +400,115 @@ def data_pack(src, out, root):
     except _known_errors() as e:
         _fail(e)
     click.echo(f"wrote {out}: {result}")
+
+
+# --------------------------------------------------------------------------- finetune
+@main.command()
+@click.option("--checkpoint", type=click.Path(), required=True,
+              help="Pre-trained checkpoint file or run folder (newest good checkpoint).")
+@click.option("--data", default=None, help="Dataset (default: the one the checkpoint trained on).")
+@click.option("--data-root", default=None)
+@click.option("--label-fraction", type=float, default=0.1, show_default=True,
+              help="Fraction of the training labels used, class-balanced (paper: 0.01, 0.1).")
+@click.option("--epochs", type=int, required=True, help="Fine-tuning epochs (paper: 60 for 1%, 30 for 10%).")
+@click.option("--backend", type=BACKEND_CHOICE, default=None,
+              help="Default: the checkpoint's backend, else any installed.")
+@click.option("--device", default=None)
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Capped at the subset size.")
+@click.option("--lr", type=float, default=0.05, show_default=True,
+              help="Base learning rate: peak lr = LR * batch / 256 (paper: 0.05).")
+@click.option("--optimizer", type=click.Choice(["momentum", "lars"]), default="momentum", show_default=True,
+              help="Nesterov momentum SGD (paper) or LARS (official code's flag default).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Label subset, batch order, views.")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
+@click.option("--subset", "subset_file", type=click.Path(dir_okay=False), default=None,
+              help="Reuse the labelled subset of an earlier result JSON (or an .npy of indices).")
+@click.option("--no-baseline", is_flag=True, help="Skip the random-init run.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for result.json and the fine-tuned weights (finetuned-<run>.npz).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the result (with the subset's indices) here as JSON.")
+def finetune(checkpoint, data, data_root, label_fraction, epochs, backend, device, batch_size, lr,
+             optimizer, seed, precision, subset_file, no_baseline, out_dir, json_out):
+    """Semi-supervised fine-tuning (SimCLR appendix B.5): encoder + a new linear layer trained end
+    to end on a class-balanced label subset, against the same recipe from random init."""
+    from simclr_xb.checkpoint import latest_good
+    from simclr_xb.finetune import (FinetuneConfig, FinetuneError, format_table, load_subset,
+                                    result_json, save_finetuned)
+    from simclr_xb.finetune import finetune as run_finetune
+    try:
+        ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        ft = FinetuneConfig(label_fraction=label_fraction, epochs=epochs, batch_size=batch_size,
+                            base_lr=lr, optimizer=optimizer, seed=seed, precision=precision).validate()
+        subset = load_subset(subset_file) if subset_file else None
+        runs = ("simclr",) if no_baseline else ("simclr", "random_init")
+        res = run_finetune(ck.config, ck.weights, ft, data_spec=data, backend=backend, device=device,
+                           root=data_root, subset=subset, runs=runs, log=lambda m: click.echo(m, err=True),
+                           keep_weights=out_dir is not None, fallback_backend=ck.backend or None)
+        res.update(checkpoint=str(ck.path), step=ck.step)
+        text = result_json(res)
+        if out_dir:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            for run, r in res["runs"].items():
+                save_finetuned(Path(out_dir) / f"finetuned-{run}.npz", r.pop("weights"), ck.config, run,
+                               str(ck.path))
+            (Path(out_dir) / "result.json").write_text(text)
+        if json_out:
+            Path(json_out).write_text(text)
+    except _known_errors() + (FinetuneError, NotImplementedError, OSError) as e:
+        _fail(e)
+    click.echo(format_table(res))
+    if "gain_top1" in res:
+        click.echo(f"SimCLR pre-training: {res['gain_top1']:+.2f} top-1 points over random init")
+
+
+# --------------------------------------------------------------------------- features
+@main.command()
+@click.option("--checkpoint", type=click.Path(), required=True, help="Checkpoint file or run folder.")
+@click.option("--data", default=None, help="Dataset (default: the one the checkpoint trained on).")
+@click.option("--data-root", default=None)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True, help="HDF5 file to write.")
+@click.option("--split", type=click.Choice(["train", "test", "both"]), default="both", show_default=True)
+@click.option("--with-z", is_flag=True, help="Also store z = g(h), the projection head's output.")
+@click.option("--backend", type=BACKEND_CHOICE, default=None)
+@click.option("--device", default=None)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+def features(checkpoint, data, data_root, out_file, split, with_z, backend, device, batch_size):
+    """Frozen h (and optionally z) with labels for every image, in one HDF5 file (/<split>/h, ...)."""
+    from simclr_xb.checkpoint import latest_good
+    from simclr_xb.features import extract_features
+    try:
+        ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        res = extract_features(ck, out_file, data_spec=data, split=split, with_z=with_z, backend=backend,
+                               device=device, batch_size=batch_size, root=data_root,
+                               log=lambda m: click.echo(m, err=True))
+    except _known_errors() + (OSError,) as e:
+        _fail(e)
+    sizes = ", ".join(f"{s} {n}" for s, n in res["splits"].items())
+    z = f", z {res['z_dim']}" if res["z_dim"] else ""
+    click.echo(f"wrote {res['path']}: {sizes} images, h {res['feature_dim']}{z} ({res['wall_s']:.0f} s)")
+
+
+# --------------------------------------------------------------------------- export
+@main.command(name="export")
+@click.option("--checkpoint", type=click.Path(), required=True, help="Checkpoint file or run folder.")
+@click.option("--format", "fmt", type=click.Choice(["torchvision", "safetensors", "npz"]), required=True,
+              help="torchvision: torch.save state_dict (needs torch); safetensors / npz: numpy only.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True)
+def export_(checkpoint, fmt, out_file):
+    """The encoder without the head, with torchvision parameter names (conv1.weight, layer1.0...)."""
+    from simclr_xb.checkpoint import latest_good
+    from simclr_xb.export import export_encoder
+    try:
+        ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        res = export_encoder(ck.weights, ck.config, fmt, out_file, checkpoint=str(ck.path), step=ck.step)
+    except _known_errors() + (OSError,) as e:
+        _fail(e)
+    click.echo(f"wrote {res.path} ({res.format}, {res.tensors} tensors, {ck.config.model.arch} "
+               f"x{ck.config.model.width:g}, step {ck.step})" + (f"; metadata {res.sidecar}" if res.sidecar else ""))
+    if fmt == "torchvision":
+        for note in res.notes:
+            click.echo(f"note: {note}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -629,7 +629,7 @@ def test_precision_and_device_errors():
         api.Trainer(tiny_cfg("bfloat16"))
     with pytest.raises(ValueError, match="float64 runs only on the CPU"):
         api.Trainer(tiny_cfg("float64"), device="gpu")
-    with pytest.raises(NotImplementedError, match="distributed"):
+    with pytest.raises(TypeError, match="DistContext"):
         api.Trainer(tiny_cfg(), dist=object())
     t = api.Trainer(tiny_cfg("float64"))
     assert t.device == "cpu"

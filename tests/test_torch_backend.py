@@ -757,7 +757,7 @@ def test_train_step_rejects_bad_inputs():
         tr.train_step(images, labels, p1, p2[:3], 0.1)
     with pytest.raises(ValueError, match="labels"):
         tr.train_step(images, labels[:2], p1, p2, 0.1)
-    with pytest.raises(NotImplementedError, match="distributed"):
+    with pytest.raises(TypeError, match="DistContext"):
         Trainer(TINY, 3, "cpu", dist=object())
 
 

@@ -38,19 +38,28 @@ def logsumexp(x: mx.array, axis: int) -> mx.array:
 
 
 def batch_norm(x: mx.array, weight, bias, running_mean: mx.array, running_var: mx.array,
-               train: bool, momentum: float = 0.1, eps: float = 1e-5):
+               train: bool, momentum: float = 0.1, eps: float = 1e-5, gather=None):
     """BatchNorm over every axis but the last (channels-last). Returns (y, new_mean, new_var).
 
     train: y = (x - mean_B) / sqrt(var_B + eps) * weight + bias (biased var_B); running stats
     move by ``momentum`` toward (mean_B, var_B * n / (n - 1)), n = elements per channel.
     eval: normalise with the running stats, returned unchanged. ``weight``/``bias`` may be None.
     x: (..., C); weight, bias, running stats: (C,).
+    gather (data parallel, :mod:`.distributed`): None, or a differentiable stack over ranks
+    (a (...) -> (W, ...) with a vjp summed over ranks); then mean_B/var_B are those of the
+    batches of all W ranks (equal sizes n): mean = mean_r(mean_r), var = mean_r(var_r +
+    (mean_r - mean)^2), and n becomes W * n (global BN).
     """
     if train:
         axes = tuple(range(x.ndim - 1))
         n = x.size // x.shape[-1]
         mean = mx.mean(x, axis=axes)
         var = mx.mean(mx.square(x - mean), axis=axes)
+        if gather is not None:
+            stats = gather(mx.stack([mean, var]))  # (W, 2, C)
+            mean = mx.mean(stats[:, 0], axis=0)
+            var = mx.mean(stats[:, 1] + mx.square(stats[:, 0] - mean), axis=0)
+            n = n * stats.shape[0]
         unbiased = var * n / max(n - 1, 1)
         new_mean = (1 - momentum) * running_mean + momentum * mean
         new_var = (1 - momentum) * running_var + momentum * unbiased
@@ -71,7 +80,10 @@ class BatchNorm(nn.Module):
     Trainable: ``weight`` (gamma) and, when ``bias=True``, ``bias`` (beta). Frozen buffers
     (part of ``module.state``, so ``mx.compile(inputs=state, outputs=state)`` carries their
     updates): ``running_mean``, ``running_var`` (unbiased), ``num_batches_tracked`` (int64).
+    ``gather``: the data-parallel hook of :func:`batch_norm` (None: this process's batch).
     """
+
+    gather = None
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  bias: bool = True):
@@ -94,7 +106,7 @@ class BatchNorm(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         y, m, v = batch_norm(x, self.get("weight"), self.get("bias"), self.running_mean,
-                             self.running_var, self.training, self.momentum, self.eps)
+                             self.running_var, self.training, self.momentum, self.eps, self.gather)
         if self.training:
             self.running_mean = m
             self.running_var = v

@@ -37,9 +37,11 @@ from dataclasses import replace
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten, tree_map
 
 from simclr_xb.augment import ViewParams, identity_params
 from simclr_xb.config import Config, ModelConfig
+from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import check_weights, feature_dim, init_weights, model_specs
 
 from . import convert
@@ -47,7 +49,7 @@ from .augment import augment
 from .head import ProjectionHead
 from .lars import LARS
 from .layers import logsumexp
-from .ntxent import nt_xent
+from .ntxent import nt_xent, nt_xent_chunked
 from .resnet import ResNet
 
 MOMENTUM_PREFIX = "momentum/"
@@ -89,21 +91,23 @@ def cross_entropy(logits: mx.array, labels: mx.array) -> mx.array:
     return mx.mean(lse - mx.take_along_axis(logits, labels[:, None], axis=1)[:, 0])
 
 
-def contrastive_loss(z: mx.array, tau: float, dist=None) -> mx.array:
-    """The SimCLR loss on this process's z (2N, d). With ``dist`` (not implemented yet) the
-    columns would come from a gather of every rank's z whose backward sums across ranks."""
+def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = None) -> mx.array:
+    """The SimCLR loss on this process's z (2N, d). With ``dist`` (a
+    :class:`.distributed.DataParallel`) it is the loss of the GLOBAL batch: z of every rank
+    gathered as [all view 1; all view 2], with a gather whose vjp sums across ranks."""
     if dist is not None:
-        raise NotImplementedError("distributed NT-Xent is not implemented in the MLX backend yet")
-    return nt_xent(z, tau)
+        z = dist.gather_views(z)  # global negatives
+    return nt_xent(z, tau) if chunk is None else nt_xent_chunked(z, tau, chunk)  # loss.chunk
 
 
-def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: float, dist=None):
+def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: float, dist=None,
+                chunk: int | None = None):
     """Total loss of one step on the 2N views x -> (total, (loss, probe_loss, probe_acc)).
 
     ``labels`` (2N,) int or None; without labels probe_loss and probe_acc are 0 and unused.
     """
     h, z = model(x)
-    loss = contrastive_loss(z, tau, dist)
+    loss = contrastive_loss(z, tau, dist, chunk)
     if labels is None:
         zero = mx.zeros((), dtype=loss.dtype)
         return loss, (loss, zero, zero)
@@ -111,6 +115,19 @@ def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: f
     probe_loss = cross_entropy(logits, labels)
     acc = mx.mean((mx.argmax(logits, axis=1) == labels).astype(loss.dtype))
     return loss + probe_loss, (loss, probe_loss, acc)
+
+
+def _select_inplace(live, before, ok: mx.array) -> None:
+    """Set every array leaf of the nested dicts/lists ``live`` (in place, so a compiled step's
+    state containers stay the same objects) to ``where(ok, leaf, before's leaf)``; leaves
+    that did not exist before are kept."""
+    for k, v in (live.items() if isinstance(live, dict) else enumerate(live)):
+        if isinstance(before, dict) and k not in before:
+            continue
+        if isinstance(v, mx.array):
+            live[k] = mx.where(ok, v, before[k])
+        elif isinstance(v, (dict, list)):
+            _select_inplace(v, before[k], ok)
 
 
 def lars_excluded_tree(specs) -> dict:
@@ -125,7 +142,9 @@ class Trainer:
         cfg: the run's config (model, augment, loss, optim, train.precision, train.seed).
         num_classes: classes of the online probe; None (or ``cfg.optim.probe`` False) = no probe.
         device: "cpu", "gpu" or None (GPU when MLX has one; always CPU for float64).
-        dist: reserved for distributed training; must be None for now.
+        dist: a :class:`simclr_xb.distributed.DistContext` (None or world 1: one process;
+            else data parallel with global negatives, global BN and averaged gradients,
+            :mod:`.distributed`; ``self.dist`` is then its :class:`.distributed.DataParallel`).
     """
 
     def __init__(self, cfg: Config, num_classes: int | None = None, device: str | None = None,
@@ -135,12 +154,12 @@ class Trainer:
         if precision == "bfloat16":
             raise NotImplementedError("train.precision = 'bfloat16' is not supported by the MLX "
                                       "backend yet: use 'float32' (or 'float64' on the CPU)")
-        if dist is not None:
-            raise NotImplementedError("distributed training is not implemented in the MLX "
-                                      "backend yet (dist must be None)")
         self.cfg = cfg
         self.dtype = precision
-        self.dist = dist
+        self.dist = None
+        if active(dist) is not None:
+            from .distributed import DataParallel
+            self.dist = DataParallel(dist)
         self._dev = convert.device_for(precision, device)
         self.num_classes = num_classes if (num_classes and cfg.optim.probe) else None
         self.specs = model_specs(cfg.model, self.num_classes)
@@ -152,6 +171,8 @@ class Trainer:
                                               convert.mx_dtype(self.dtype))
             self.optimizer.init(self.model.trainable_parameters())
             mx.eval(self.model.state, self.optimizer.state)
+        if self.dist is not None:
+            self.dist.attach(self.model)  # global BN
         self._state = [self.model.state, self.optimizer.state]
         self._steps = {}
         self.compiled = bool(cfg.train.compile)
@@ -162,35 +183,56 @@ class Trainer:
         return convert.device_name(self._dev)
 
     # ------------------------------------------------------------------ training
-    def _step_fn(self, with_probe: bool):
-        """Loss + gradient + LARS step as one function of (x[, labels]), built once per probe
-        setting and wrapped in ``mx.compile(inputs=state, outputs=state)`` when compiling."""
-        if with_probe in self._steps:
-            return self._steps[with_probe]
+    def _step_fn(self, with_probe: bool, skip_nonfinite: bool = False):
+        """Loss + gradient + LARS step as one function of (x[, labels]), built once per
+        (probe, skip) setting and wrapped in ``mx.compile(inputs=state, outputs=state)`` when
+        compiling. With ``skip_nonfinite`` it also returns ``ok`` (loss and every gradient
+        finite) and, branch-free, keeps the state from before the step where not ``ok``."""
+        key = (with_probe, skip_nonfinite)
+        if key in self._steps:
+            return self._steps[key]
         model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self.dist
 
         def loss_fn(x, labels=None):
-            return simclr_loss(model, x, labels, tau, dist)
+            return simclr_loss(model, x, labels, tau, dist, self.cfg.loss.chunk)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
+        state = self._state
+
+        def update(total, grads, before):
+            if dist is not None:
+                grads = dist.average_gradients(grads)  # all_sum / W
+            opt.update(model, grads)
+            if before is None:
+                return ()
+            # Branch-free guard (compiles): every state leaf (parameters, BN buffers, momenta,
+            # optimizer counters) becomes where(ok, after, before).
+            ok = mx.all(mx.isfinite(total))
+            for _, g in tree_flatten(grads):
+                ok = ok & mx.all(mx.isfinite(g))
+            _select_inplace(state, before, ok)
+            return (ok,)
+
         def step_probe(x, labels):
             self.traces += 1  # Python runs only while tracing when compiled
-            (_, aux), grads = loss_and_grad(x, labels)
-            opt.update(model, grads)
-            return aux
+            before = tree_map(lambda a: a, state) if skip_nonfinite else None  # same leaves
+            (total, aux), grads = loss_and_grad(x, labels)
+            if dist is not None:
+                aux = dist.mean(aux)  # probe metrics of the global batch (the loss is global)
+            return (*aux, *update(total, grads, before))
 
         def step_ssl(x):
             self.traces += 1
-            (_, aux), grads = loss_and_grad(x)
+            before = tree_map(lambda a: a, state) if skip_nonfinite else None
+            (total, aux), grads = loss_and_grad(x)
             grads.pop("probe", None)  # no labels: the probe takes no step at all
-            opt.update(model, grads)
-            return aux
+            return (*aux, *update(total, grads, before))
 
         fn = step_probe if with_probe else step_ssl
         if self.compiled:
             fn = mx.compile(fn, inputs=self._state, outputs=self._state)
-        self._steps[with_probe] = fn
+        self._steps[key] = fn
         return fn
 
     @staticmethod
@@ -211,9 +253,14 @@ class Trainer:
                        convert.mx_dtype(self.dtype))
 
     def train_step(self, images_u8: np.ndarray, labels: np.ndarray | None, p1: ViewParams,
-                   p2: ViewParams, lr: float) -> dict[str, float]:
+                   p2: ViewParams, lr: float, *, skip_nonfinite: bool = False) -> dict[str, float]:
         """One SimCLR step on uint8 images (N, H, W, 3) with the two views' parameters;
-        ``labels`` (N,) int or None. Returns {"loss"[, "probe_loss", "probe_acc"]}."""
+        ``labels`` (N,) int or None. Returns {"loss"[, "probe_loss", "probe_acc"]}.
+
+        ``skip_nonfinite``: if the total loss or any gradient is NaN/Inf, the step changes
+        nothing (parameters, BN running statistics and num_batches_tracked, momenta and the
+        optimizer's counters keep their values from before the forward; branch-free, see
+        :meth:`_step_fn`) and the result is {"loss": nan, "skipped": True}."""
         n, H, W = self._check_images(images_u8)
         for name, p in (("p1", p1), ("p2", p2)):
             if len(p) != n:
@@ -227,9 +274,11 @@ class Trainer:
             self.optimizer.learning_rate = lr
             self.model.train()
             y = mx.array(np.concatenate([labels, labels]).astype(np.int32)) if with_probe else None
-            step = self._step_fn(with_probe)
-            loss, probe_loss, acc = step(x, y) if with_probe else step(x)
-            mx.eval(loss, probe_loss, acc, self._state)
+            step = self._step_fn(with_probe, skip_nonfinite)
+            loss, probe_loss, acc, *ok = step(x, y) if with_probe else step(x)
+            mx.eval(loss, probe_loss, acc, *ok, self._state)
+        if ok and not ok[0].item():
+            return {"loss": float("nan"), "skipped": True}
         out = {"loss": loss.item()}
         if with_probe:
             out.update(probe_loss=probe_loss.item(), probe_acc=acc.item())

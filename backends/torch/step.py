@@ -25,9 +25,10 @@ Initial weights are :func:`simclr_xb.resnet_spec.init_weights` (float64 numpy, c
 backends start from identical weights for one seed; momentum buffers start at zero. The
 backend draws no random numbers (torch's global RNG is never used).
 
-Swap points for distributed training (not implemented yet): the ``norm_layer`` factory
-passed to :class:`SimCLRModel` (a synchronised BN) and ``Trainer.loss_fn`` (an NT-Xent over
-z gathered from every rank, whose backward sums across ranks).
+Data parallel (``Trainer(dist=ctx)`` with ``ctx.world > 1``; :mod:`.distributed`): the
+``norm_layer`` factory passed to :class:`SimCLRModel` becomes global BN (SyncBatchNorm on CUDA),
+``Trainer.loss_fn`` an NT-Xent over z gathered from every rank (backward summed over ranks),
+encoder + head run under DistributedDataParallel and the probe's gradients are averaged by hand.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 
 from simclr_xb.augment import ViewParams, identity_params
 from simclr_xb.config import Config, ModelConfig
+from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import ParamSpec, check_weights, feature_dim, init_weights, model_specs
 
 from .augment import augment
@@ -48,7 +50,7 @@ from .convert import resolve_device, to_tensor, weights_to_numpy, weights_to_tor
 from .head import ProjectionHead
 from .lars import LARS
 from .layers import NormLayer, batch_norm
-from .ntxent import nt_xent
+from .ntxent import nt_xent, nt_xent_chunked
 from .resnet import ResNet
 
 MOMENTUM_PREFIX = "momentum/"
@@ -117,17 +119,23 @@ class Trainer:
 
     cfg: the run's :class:`Config`; num_classes: classes of the online probe (None: no probe;
     also none when ``cfg.optim.probe`` is False); device: explicit, else "cuda" if available
-    else "cpu"; dist: reserved for distributed training (must be None for now); weights:
+    else "cpu"; dist: a :class:`simclr_xb.distributed.DistContext` (None or world 1: one
+    process; else data parallel, see the module docstring; device None/"cuda" then means
+    cuda:LOCAL_RANK); weights:
     optional canonical start weights instead of ``init_weights(cfg.model, cfg.train.seed)``.
     """
 
     def __init__(self, cfg: Config, num_classes: int | None = None, device: str | None = None,
                  dist=None, *, weights: dict[str, np.ndarray] | None = None):
-        if dist is not None:
-            raise NotImplementedError("Trainer(dist=...): distributed training is not implemented "
-                                      "in the torch backend yet")
         cfg.validate()
         self.cfg = cfg
+        # Data parallel (world > 1): join the process group, pick cuda:LOCAL_RANK, global BN.
+        self.dist = active(dist)
+        self._dp = None
+        if self.dist is not None:
+            from .distributed import DataParallel
+            self._dp = DataParallel(self.dist, device)
+            device = self._dp.device
         self._device = resolve_device(device)
         prec = cfg.train.precision
         self.dtype = torch.float64 if prec == "float64" else torch.float32  # master weights
@@ -138,10 +146,13 @@ class Trainer:
             weights = init_weights(cfg.model, cfg.train.seed, self.num_classes)
         else:
             check_weights(weights, self.specs, "Trainer weights")
-        self.model = build_model(cfg.model, weights, self.num_classes, self._device, self.dtype)
+        self.model = build_model(cfg.model, weights, self.num_classes, self._device, self.dtype,
+                                 norm_layer=self._dp.norm_layer if self._dp else batch_norm)
         self.channels_last = bool(cfg.train.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # What the forward calls: the model, or DDP over its encoder + head.
+        self._net = self._dp.wrap(self.model) if self._dp else self.model
         excluded = {s.name: s.lars_excluded for s in self.specs if s.trainable}
         names = {n for n, _ in self.model.named_parameters()}
         if names != set(excluded):
@@ -151,12 +162,15 @@ class Trainer:
         self.optimizer = LARS(self.model.named_parameters(), excluded, lr=0.0, momentum=o.momentum,
                               weight_decay=o.weight_decay, eta=o.eta, nesterov=o.nesterov)
         # Swap point for distributed training: z (2N_local, d) -> scalar loss.
-        self.loss_fn = partial(nt_xent, tau=cfg.loss.temperature)
+        self.loss_fn = partial(nt_xent, tau=cfg.loss.temperature) if cfg.loss.chunk is None else \
+            partial(nt_xent_chunked, tau=cfg.loss.temperature, chunk=cfg.loss.chunk)  # memory O(N)
+        if self._dp is not None:  # global negatives: NT-Xent over every rank's z
+            self.loss_fn = self._dp.global_loss(self.loss_fn)
         self._view_buf: torch.Tensor | None = None
         self._compiled = None
         if cfg.train.compile:
             try:
-                self._compiled = torch.compile(self.model)
+                self._compiled = torch.compile(self._net)
             except Exception as e:  # noqa: BLE001 - any failure means: run eagerly
                 warnings.warn(f"torch.compile is unavailable ({e!r}); running the model eagerly")
 
@@ -189,7 +203,7 @@ class Trainer:
             except Exception as e:  # noqa: BLE001 - compilation failed: fall back once, loudly
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); running the model eagerly")
                 self._compiled = None
-        return self.model(x)
+        return self._net(x)
 
     def _check_images(self, images_u8) -> tuple[int, int, int]:
         shape = tuple(np.shape(images_u8))
@@ -201,10 +215,16 @@ class Trainer:
         return shape[0], shape[1], shape[2]
 
     # ------------------------------------------------------------------ the step
-    def train_step(self, images_u8, labels, p1: ViewParams, p2: ViewParams, lr: float) -> dict[str, float]:
+    def train_step(self, images_u8, labels, p1: ViewParams, p2: ViewParams, lr: float, *,
+                   skip_nonfinite: bool = False) -> dict[str, float]:
         """One SimCLR step on a batch of N uint8 NHWC images (numpy or tensor) and the two
         views' parameters; ``labels`` (N,) int or None. Returns {"loss"[, "probe_loss",
-        "probe_acc"]} (see the module docstring)."""
+        "probe_acc"]} (see the module docstring).
+
+        ``skip_nonfinite``: check the total loss and every gradient BEFORE the optimizer step;
+        if any is NaN/Inf, take no step, put the BN running statistics and
+        num_batches_tracked back to their values before the forward (momenta are untouched)
+        and return {"loss": nan, "skipped": True}. Costs one extra device sync per step."""
         n, H, W = self._check_images(images_u8)
         for name, p in (("p1", p1), ("p2", p2)):
             if len(p) != n:
@@ -214,6 +234,8 @@ class Trainer:
         source = np.concatenate([np.arange(n), np.arange(n)])
         with torch.no_grad():
             x = self._views(images, ViewParams.concat([p1, p2]), source, reuse=True)
+        # BN buffers before the forward (small), to undo a skipped step's statistics update.
+        buffers = [b.clone() for b in self.model.buffers()] if skip_nonfinite else None
         self.model.train()
         with self._autocast():
             h, z = self._forward(x)
@@ -231,9 +253,25 @@ class Trainer:
             extra = [probe_loss.detach(), acc]
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self._dp is not None:
+            self._dp.after_backward(self.model)
+        if skip_nonfinite:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            # max |g| per tensor is NaN/Inf iff the tensor holds a NaN/Inf (never overflows).
+            peaks = torch.stack([total.detach().to(self.dtype).abs()] +
+                                [m.to(self.dtype) for m in torch._foreach_norm(grads, float("inf"))])
+            if not bool(torch.isfinite(peaks).all()):  # one sync
+                with torch.no_grad():
+                    for b, saved in zip(self.model.buffers(), buffers):
+                        b.copy_(saved)
+                self.optimizer.zero_grad(set_to_none=True)
+                return {"loss": float("nan"), "skipped": True}
         self.optimizer.set_lr(lr)
         self.optimizer.step()
-        values = torch.stack([loss.detach().to(self.dtype)] + extra).tolist()  # one sync
+        values = torch.stack([loss.detach().to(self.dtype)] + extra)
+        if self._dp is not None and extra:
+            values = self._dp.mean(values)  # probe metrics of the global batch
+        values = values.tolist()  # one sync
         out = {"loss": values[0]}
         if extra:
             out["probe_loss"], out["probe_acc"] = values[1], values[2]
