@@ -511,5 +511,72 @@ def export_(checkpoint, fmt, out_file):
             click.echo(f"note: {note}", err=True)
 
 
+# --------------------------------------------------------------------------- bench
+@main.command()
+@click.argument("suite", type=click.Choice(["augment", "train", "ntxent", "quality", "all"]))
+@click.option("--size", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
+              help="tiny: every suite in seconds, written under runs/bench-tiny (a smoke test; its "
+                   "timings mean nothing).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for <suite>-<machine>.json (default: benchmarks/results).")
+@click.option("--machine", default=None, help="Machine id in the file name (default: CPU model and count).")
+@click.option("--backends", default="torch,mlx", show_default=True,
+              help="Comma-separated backends to measure (quality trains with the first).")
+@click.option("--threads", type=int, default=None,
+              help="torch intra-op threads (default: torch's own, one per core).")
+@click.option("--repeats", type=int, default=None, help="Timed runs per measurement (default 5; tiny 2).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="quality: the accuracy-vs-epochs PNG (default: benchmarks/quality.png).")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="quality: run folders with the checkpoints, resumed when the config matches "
+                   "(default: runs/bench-quality).")
+def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir):
+    """Benchmarks, written as JSON (benchmarks/README.md summarises them).
+
+    \b
+    augment  views/s of the batched pipelines vs a per-image Pillow DataLoader, 32 and 224 px
+    train    end-to-end images/s and GFLOP/s vs the model-only ceiling and the usual loop
+    ntxent   NT-Xent time and peak memory vs batch size, exact and chunked
+    quality  linear-probe and kNN accuracy vs epochs (shapes, Fashion-MNIST) with baselines
+    all      the four, one after another
+    Measure on an idle machine (the load average is recorded). On Linux, MLX wants
+    LD_PRELOAD of OpenBLAS (see the Makefile).
+    """
+    import shlex
+
+    from simclr_xb.bench import SUITES, run_suite
+    from simclr_xb.bench.common import format_targets
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    for b in names:
+        if b not in ("torch", "mlx"):
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+    if not names:
+        raise UserError("--backends is empty: expected torch and/or mlx")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        import torch
+        torch.set_num_threads(threads)
+    tiny = size == "tiny"
+    out_dir = out_dir or ("runs/bench-tiny" if tiny else "benchmarks/results")
+    plot_path = plot_path or ("runs/bench-tiny/quality.png" if tiny else "benchmarks/quality.png")
+    work_dir = work_dir or ("runs/bench-tiny/quality" if tiny else "runs/bench-quality")
+    argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else [suite]
+    for name in (SUITES if suite == "all" else (suite,)):
+        opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \
+            else {"backends": tuple(names), "repeats": repeats}
+        command = "simclr-xb bench " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))
+        try:
+            data, path = run_suite(name, size, out_dir, machine, command,
+                                   log=lambda m: click.echo(m, err=True), **opts)
+        except _known_errors() as e:
+            _fail(e)
+        load = data["load_avg"]
+        click.echo(f"{name}: wrote {path} (load average {load['before']} -> {load['after']}, "
+                   f"{data['wall_s']:.0f} s)")
+        if data["targets"]:
+            click.echo(format_targets(data["targets"]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -19,6 +19,7 @@ newest does not verify.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -60,6 +61,20 @@ class Checkpoint:
         d.update({f"momentum/{k}": v for k, v in self.momentum.items()})
         return d
 
+    def check_fits_config(self) -> None:
+        """Raise CheckpointError (naming the file and the entries) unless the encoder and head
+        weights are exactly those of the architecture in the checkpoint's own config (an
+        online probe, ``probe.*``, may be present or not)."""
+        from .resnet_spec import check_weights, model_specs
+        m = self.config.model
+        own = {k: v for k, v in self.weights.items() if not k.startswith("probe.")}
+        try:
+            check_weights(own, model_specs(m), "its weights")
+        except ValueError as e:
+            raise CheckpointError(
+                f"checkpoint {self.path} does not fit the architecture of its own config ({m.arch} "
+                f"x{m.width}, {'CIFAR' if m.cifar_stem else 'ImageNet'} stem): {e}") from None
+
 
 def _digest(groups: dict[str, dict[str, np.ndarray]], attrs: dict[str, object]) -> str:
     h = hashlib.sha256()
@@ -98,6 +113,15 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _write_error(e: OSError) -> str:
+    """The reason of a failed write, saying "disk full" plainly when it is (h5py reports it as
+    an OSError whose errno may be unset, with the system message inside its text)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e) or \
+            "quota exceeded" in str(e).lower():
+        return "no space left on the device (disk full or quota exceeded); free some space or write to another folder"
+    return " ".join(f"{e.strerror or e}".split())
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
@@ -139,7 +163,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
             pass
         if not isinstance(e, OSError):
             raise
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e} "
+        raise CheckpointError(f"could not write checkpoint {path}: {_write_error(e)} "
                               f"(the previous checkpoint, if any, is untouched)") from None
     return path
 
@@ -213,7 +237,8 @@ def save_rolling(run_dir: str | Path, ckpt: Checkpoint, keep: int) -> Path:
         os.replace(tmp, last)
         _fsync_dir(run_dir)
     except OSError as e:
-        raise CheckpointError(f"could not update {last}: {e.strerror or e}") from None
+        raise CheckpointError(f"could not update {last}: {_write_error(e)} ({target.name} was "
+                              f"written and is complete)") from None
     for old in rolling_checkpoints(run_dir)[max(keep, 1):]:
         try:
             old.unlink()
@@ -240,5 +265,6 @@ def latest_good(path: str | Path, warn=None) -> Checkpoint:
             if warn:
                 warn(f"skipping {c}: {e}")
     if not errors:
-        raise CheckpointError(f"no checkpoint found at {path}")
+        raise CheckpointError(f"no checkpoint found at {path}: expected a checkpoint file, or a run "
+                              f"folder holding last.h5 or ckpt-<step>.h5")
     raise CheckpointError(f"no readable checkpoint at {path}: " + " | ".join(errors))

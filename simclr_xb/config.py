@@ -110,10 +110,17 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class LossConfig:
     temperature: float = 0.1  # tau: 0.1 at batch 4096 on ImageNet, 0.5 for CIFAR-10
+    # None: the exact NT-Xent with its (2N, 2N) similarity matrix. An integer: the same loss
+    # and gradient computed `chunk` rows at a time (nt_xent_chunked), so the loss's memory
+    # grows linearly in N instead of quadratically (for large batches; slightly slower).
+    chunk: int | None = None
 
     def validate(self) -> None:
         _check(self.temperature > 0 and math.isfinite(self.temperature), "loss.temperature",
                self.temperature, "a finite value > 0")
+        _check(self.chunk is None or (not isinstance(self.chunk, bool) and isinstance(self.chunk, int)
+                                      and self.chunk >= 1),
+               "loss.chunk", self.chunk, "None (exact NT-Xent) or an integer >= 1 (rows per block)")
 
 
 @dataclass(frozen=True)
@@ -296,7 +303,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 raise TypeError
             return value
     except (TypeError, ValueError):
-        raise ConfigError(f"config field {name} = {value!r} has the wrong type: expected {hint_s}") from None
+        shown = hint.__name__ if isinstance(hint, type) else hint_s.replace("NoneType", "None")
+        raise ConfigError(f"config field {name} = {value!r} has the wrong type: expected {shown}") from None
     return value
 
 
@@ -359,7 +367,10 @@ def load_config_file(path: str | Path, base: Config | None = None) -> Config:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"config file {path} does not parse: {e}") from None
     if "preset" in data:
-        base = preset(data.pop("preset"))
+        try:
+            base = preset(data.pop("preset"))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     try:
         return Config.from_dict(data, base)
     except ConfigError as e:
