@@ -141,9 +141,9 @@ def sample_crop_boxes(rng: np.random.Generator, n: int, hw: tuple[int, int],
     # Fallback: central crop (torchvision).
     in_ratio = W / H
     if in_ratio < ratio[0]:
-        fw, fh = W, int(round(W / ratio[0]))
+        fw, fh = W, max(1, int(round(W / ratio[0])))
     elif in_ratio > ratio[1]:
-        fh, fw = H, int(round(H * ratio[1]))
+        fh, fw = H, max(1, int(round(H * ratio[1])))
     else:
         fw, fh = W, H
     hs = np.where(found, hs, fh)

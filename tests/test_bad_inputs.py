@@ -293,17 +293,11 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, h5data, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 @pytest.mark.parametrize("cifar_stem", [True, False], ids=["cifar-stem", "imagenet-stem"])
-def test_smallest_image_size_trains_with_either_stem(backend, cifar_stem, request):
+def test_smallest_image_size_trains_with_either_stem(backend, cifar_stem):
     """What actually works: the smallest allowed view (8 px) takes one finite training step
     with the ResNet-18 and ResNet-50 layouts of either stem (padding keeps every map >= 1x1)."""
     if backend == "mlx":
         pytest.importorskip("mlx.core", reason="MLX is not installed")
-        if not cifar_stem:
-            request.applymarker(pytest.mark.xfail(
-                strict=True, raises=KeyError,
-                reason="MLX backend bug: with the ImageNet stem the parameter-less MaxPool2d module "
-                       "puts an empty 'maxpool' entry in the gradient tree that LARS's exclusion tree "
-                       "lacks (KeyError: 'maxpool' in LARS.apply_gradients), at any image size"))
     from simclr_xb.augment import sample_pair
     from simclr_xb.backend import get_backend
     for arch in ("resnet18", "resnet50"):

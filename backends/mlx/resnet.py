@@ -96,6 +96,9 @@ def make_block(spec: BlockSpec, momentum: float = 0.1, eps: float = 1e-5) -> nn.
     return cls(spec.in_ch, spec.planes, spec.stride, spec.downsample, momentum, eps)
 
 
+_MAXPOOL = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # ImageNet stem, torchvision's
+
+
 class ResNet(nn.Module):
     """Encoder f: NHWC images (N, S, S, 3) -> h (N, feature_dim) after global average pooling."""
 
@@ -105,7 +108,10 @@ class ResNet(nn.Module):
         self.conv1 = Conv2d(3, lay.stem_ch, kernel_size=lay.stem_kernel,
                             stride=lay.stem_stride, padding=lay.stem_pad)
         self.bn1 = BatchNorm(lay.stem_ch, cfg.bn_eps, cfg.bn_momentum)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if lay.maxpool else None
+        # A plain bool, not a child module: a parameter-less nn.MaxPool2d child would put an
+        # empty "maxpool" entry into the parameter and gradient trees (which the optimiser's
+        # exclusion tree, built from canonical names, does not have).
+        self.use_maxpool = bool(lay.maxpool)
         stages: dict[str, list] = {}
         for spec in lay.blocks:  # prefixes encoder.layer{s}.{b}, in order
             stage = spec.prefix.split(".")[1]
@@ -122,8 +128,8 @@ class ResNet(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         out = nn.relu(self.bn1(self.conv1(x)))
-        if self.maxpool is not None:
-            out = self.maxpool(out)
+        if self.use_maxpool:
+            out = _MAXPOOL(out)
         for block in self.blocks():
             out = block(out)
         return mx.mean(out, axis=(1, 2))
