@@ -25,6 +25,8 @@ Module-level functions of ``api`` (``dtype`` is "float32" or "float64"; outputs 
   head(h, weights, cfg: ModelConfig, train, dtype) -> (z, bn_updates)
   forward(x, weights, cfg, train, dtype) -> (h, z, bn_updates)
   nt_xent(z, tau, dtype) -> float;   nt_xent_grad(z, tau, dtype) -> (2N, d)
+  nt_xent_chunked(z, tau, chunk, dtype) -> float;  nt_xent_chunked_grad(z, tau, chunk, dtype)
+      -> (2N, d)                          # same math, (chunk, 2N) blocks: memory linear in N
   lars_step(params, grads, momenta, lr, cfg: OptimConfig, excluded, dtype) -> (params, momenta)
   train_step(weights, momenta, images_u8, p1, p2, lr, cfg: Config, dtype)
       -> (loss, weights, momenta)        # one full SimCLR step, no probe
@@ -32,8 +34,12 @@ Module-level functions of ``api`` (``dtype`` is "float32" or "float64"; outputs 
 The training loop (:mod:`simclr_xb.train`) uses one more object, ``api.Trainer``:
 
   Trainer(cfg: Config, num_classes: int | None, device: str | None = None, dist=None)
+      # dist: a simclr_xb.distributed.DistContext (global BN, global negatives) or None
   .device -> str                                   # e.g. "cpu", "cuda:0", "gpu"
-  .train_step(images_u8, labels, p1, p2, lr) -> dict  # keys loss, probe_loss, probe_acc (floats)
+  .train_step(images_u8, labels, p1, p2, lr, *, skip_nonfinite=False) -> dict
+      # keys loss[, probe_loss, probe_acc] (floats; probe keys only with a probe and labels);
+      # skip_nonfinite: if the loss or a gradient is NaN/Inf, take no step, restore the BN
+      # buffers and return {"loss": nan, "skipped": True}
   .state_dict() -> dict[str, np.ndarray]           # canonical weights + "momentum/<name>"
   .load_state_dict(state)                          # validates names and shapes
   .encode(images_u8, batch_size) -> np.ndarray     # eval-mode h of the identity view
@@ -52,7 +58,7 @@ API_FUNCTIONS = (
     "to_float", "resized_crop", "hflip", "adjust_brightness", "adjust_contrast",
     "adjust_saturation", "adjust_hue", "color_jitter", "grayscale", "gaussian_blur", "augment",
     "batch_norm", "conv2d", "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
-    "lars_step", "train_step",
+    "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step",
 )
 
 

@@ -66,6 +66,7 @@ class TrainResult:
     checkpoint: Path | None
     stopped: str  # "completed" | "max_steps" | "signal"
     wall_s: float
+    config: Config | None = None  # the config the run used (the checkpoint's when resumed)
 
 
 # Fields a resumed run may change without changing its trajectory.
@@ -444,4 +445,5 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         except Exception as e:  # noqa: BLE001 - a plot must never fail a run
             log(f"warning: could not draw training.png: {e}")
     return TrainResult(out_dir=out_dir, step=step, total_steps=total, final_loss=loss,
-                       checkpoint=last_path, stopped=stopped, wall_s=time.perf_counter() - t_start)
+                       checkpoint=last_path, stopped=stopped, wall_s=time.perf_counter() - t_start,
+                       config=cfg)
