@@ -1,1 +1,115 @@
-"""Data readers."""
+"""Data readers: every dataset becomes a :class:`Dataset` of uint8 NHWC images and int64 labels.
+
+One entry point, :func:`load_dataset`, takes a spec (:data:`DATASETS`):
+
+=================  ===========================================================  ==========
+spec               source                                                       module
+=================  ===========================================================  ==========
+shapes             built-in synthetic shapes, 32x32 (``shapes:train=N,test=M,     shapes
+                   seed=S`` picks sizes and seed; defaults 10000, 2000, 0)
+fashion-mnist      IDX files (also the Debian package's folder)                 idx
+mnist              IDX files                                                    idx
+cifar10, cifar100  python-pickle batches, read with a restricted unpickler       cifar
+folder:PATH        PATH/<class>/<image> or PATH/{train,test}/<class>/<image>    folder
+hdf5:PATH          /train, /test groups or top-level /images, /labels           hdf5
+=================  ===========================================================  ==========
+
+:func:`pack` writes any of them (all the splits it has) into one HDF5 file; :class:`BatchLoader`
+serves seeded, sharded, resumable batches. Errors are :class:`DataError` (a ValueError) and
+name the file or folder at fault.
+"""
+from __future__ import annotations
+
+import os
+
+from .cifar import load_cifar
+from .common import SPLITS, DataError, Dataset, resize_images
+from .folder import load_folder, split_folders
+from .hdf5 import PackResult, load_hdf5, pack
+from .idx import load_idx_dataset
+from .loader import Batch, BatchLoader
+from .shapes import DEFAULT_SIZES, SHAPE_CLASSES, make_shapes
+
+DATASETS = ("shapes", "fashion-mnist", "mnist", "cifar10", "cifar100", "folder:PATH", "hdf5:PATH")
+
+__all__ = ["DATASETS", "Batch", "BatchLoader", "DataError", "Dataset", "PackResult", "available_splits",
+           "load_dataset", "make_shapes", "pack", "parse_spec"]
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"folder:/a/b"`` -> ``("folder", "/a/b")``; ``"cifar10"`` -> ``("cifar10", None)``."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"dataset spec {spec!r} is invalid: expected one of {', '.join(DATASETS)}")
+    kind, sep, arg = spec.partition(":")
+    if kind in ("folder", "hdf5"):
+        if not arg:
+            raise ValueError(f"dataset spec {spec!r} needs a path: {kind}:PATH")
+        return kind, os.path.expanduser(arg)
+    if kind == "shapes":
+        return kind, arg or None
+    if kind in DATASETS and not sep:
+        return kind, None
+    raise ValueError(f"unknown dataset spec {spec!r}: expected one of {', '.join(DATASETS)}")
+
+
+def _shapes_args(arg: str | None) -> dict[str, int]:
+    out = {"train": DEFAULT_SIZES["train"], "test": DEFAULT_SIZES["test"], "seed": 0}
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in out or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"dataset spec shapes:{arg} is invalid: expected shapes:train=N,test=M,seed=S "
+                             f"(any subset, integers)")
+        out[key] = int(value)
+    return out
+
+
+def available_splits(spec: str, root: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The splits ``spec`` provides: both for the built-in datasets, what is on disk otherwise."""
+    kind, arg = parse_spec(spec)
+    if kind == "folder":
+        from pathlib import Path
+        if not Path(arg).is_dir():
+            raise DataError(f"image folder {arg} does not exist or is not a folder")
+        return tuple(split_folders(Path(arg)))
+    if kind == "hdf5":
+        import h5py
+        from .hdf5 import file_splits
+        try:
+            with h5py.File(arg, "r") as f:
+                return tuple(file_splits(f))
+        except OSError as e:
+            raise DataError(f"HDF5 file {arg} cannot be opened: {e}") from None
+    return SPLITS
+
+
+def load_dataset(spec: str, split: str = "train", root: str | os.PathLike | None = None,
+                 download: bool = False, skip_bad_images: bool = False,
+                 image_size: int | None = None) -> Dataset:
+    """Load one split of the dataset named by ``spec`` (see :data:`DATASETS`).
+
+    root: folder to look in first (the readers also search ``$SIMCLR_XB_DATA`` and
+        ``~/.cache/simclr_xb/<name>``); download: fetch missing CIFAR / (Fashion-)MNIST files;
+    skip_bad_images: folder only, skip undecodable files with a warning;
+    image_size: resize (shorter side, then centre crop) to this square size; for ``folder:``
+        None means 32, for the others None keeps the native size.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is invalid: expected one of {SPLITS}")
+    kind, arg = parse_spec(spec)
+    if image_size is not None and int(image_size) < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if kind == "folder":
+        return load_folder(arg, split, image_size=image_size, skip_bad_images=skip_bad_images, name=spec)
+    if kind == "hdf5":
+        ds = load_hdf5(arg, split, name=spec)
+    elif kind == "shapes":
+        a = _shapes_args(arg)
+        images, labels = make_shapes(a[split], split, a["seed"])
+        ds = Dataset(images=images, labels=labels, classes=list(SHAPE_CLASSES), name=spec, split=split)
+    elif kind in ("mnist", "fashion-mnist"):
+        ds = load_idx_dataset(kind, split, root, download)
+    else:
+        ds = load_cifar(kind, split, root, download)
+    if image_size is not None:
+        ds.images = resize_images(ds.images, int(image_size))
+    return ds

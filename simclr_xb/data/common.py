@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ENV_VAR = "SIMCLR_XB_DATA"
 SPLITS = ("train", "test")
@@ -74,6 +75,28 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
     if images.ndim == 4 and images.shape[-1] == 1:
         return np.ascontiguousarray(np.repeat(images, 3, axis=-1))
     return images
+
+
+def fit_square(im: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (bilinear, antialiased when shrinking), then
+    centre-crop to ``size`` x ``size``."""
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> (N, size, size, 3) with :func:`fit_square`; a no-op at that size."""
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((images.shape[0], size, size, 3), dtype=np.uint8)
+    for i, a in enumerate(images):
+        out[i] = np.asarray(fit_square(Image.fromarray(a), size))
+    return out
 
 
 def cache_dir() -> Path:
