@@ -199,6 +199,8 @@ def evaluate(cfg, weights: dict | None, data_spec: str | None = None, backend: s
     from .data import load_dataset
 
     t0 = time.perf_counter()
+    if cfg.train.precision == "bfloat16":  # bf16 is a training mode; features are float32
+        cfg = cfg.with_value("train.precision", "float32")
     spec = data_spec or cfg.data.name
     train_ds = load_dataset(spec, "train", root=root or cfg.data.root)
     test_ds = load_dataset(spec, "test", root=root or cfg.data.root)

@@ -766,3 +766,16 @@ def test_zero_init_residual_comes_from_the_canonical_init():
     st = Trainer(cfg, None, "cpu").state_dict()
     assert np.all(st["encoder.layer1.0.bn2.weight"] == 0) and np.all(st["encoder.layer4.1.bn2.weight"] == 0)
     assert np.all(st["encoder.layer1.0.bn1.weight"] == 1)
+
+
+def test_train_step_after_encode_in_the_same_thread():
+    """Regression: scratch buffers first allocated under inference_mode (encode) must stay
+    writable by a later training step ("Inplace update to inference tensor" before the fix)."""
+    from simclr_xb.config import preset
+    cfg = preset("tiny").with_overrides(["model.width=0.125", "augment.image_size=16",
+                                         "train.batch_size=4", "train.seed=11"])
+    t = Trainer(cfg, 10, device="cpu")
+    images = np.random.default_rng(5).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    t.encode(images)
+    p1, p2 = sample_pair(cfg.augment, 4, (16, 16), 11, 0, 0)
+    assert np.isfinite(t.train_step(images, np.arange(4), p1, p2, 0.1)["loss"])

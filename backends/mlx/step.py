@@ -27,7 +27,7 @@ Augmentation (step 1) always runs eagerly because its gathers have per-step shap
 :mod:`.augment`); it is evaluated in the same ``mx.eval`` as the step.
 
 Precision: "float32" (default) or "float64" (CPU stream only; MLX has no float64 on Metal).
-"bfloat16" is refused with a NotImplementedError: the MLX backend has no mixed-precision step
+"bfloat16" is refused with a ConfigError: the MLX backend has no mixed-precision step
 yet (the torch backend's autocast has no MLX counterpart here).
 """
 from __future__ import annotations
@@ -152,8 +152,8 @@ class Trainer:
         cfg.validate()
         precision = cfg.train.precision
         if precision == "bfloat16":
-            raise NotImplementedError("train.precision = 'bfloat16' is not supported by the MLX "
-                                      "backend yet: use 'float32' (or 'float64' on the CPU)")
+            raise ConfigError("config field train.precision = 'bfloat16' is not supported by the "
+                              "MLX backend yet: expected 'float32' (or 'float64' on the CPU)")
         self.cfg = cfg
         self.dtype = precision
         self.dist = None
