@@ -40,7 +40,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from simclr_xb.augment import ViewParams, identity_params
-from simclr_xb.config import Config, ModelConfig
+from simclr_xb.config import Config, ConfigError, ModelConfig
 from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import check_weights, feature_dim, init_weights, model_specs
 
