@@ -197,6 +197,10 @@ def _layer_cases() -> list[Case]:
 
 # --------------------------------------------------------------------------- loss
 NTXENT_GRID = ((2, 8, 0.05), (2, 3, 0.5), (4, 16, 0.1), (8, 128, 0.5), (32, 32, 0.05), (64, 16, 1.0))
+# (N, d, tau, chunk): chunks that do not divide 2N (last block shorter), one row per block,
+# one block bigger than 2N, and one that divides it.
+NTXENT_CHUNKED_GRID = ((3, 8, 0.05, 4), (5, 4, 0.05, 1), (16, 32, 0.05, 5), (33, 16, 0.05, 64),
+                       (64, 128, 0.05, 48), (8, 16, 0.05, 100), (32, 32, 0.5, 16))
 
 
 def _ntxent_cases() -> list[Case]:
@@ -207,6 +211,14 @@ def _ntxent_cases() -> list[Case]:
         tag = f"N{n}.d{d}.tau{tau:g}"
         cases.append(Case(f"nt_xent.value.{tag}", "nt_xent", make))
         cases.append(Case(f"nt_xent.grad.{tag}", "nt_xent_grad", make))
+    for n, d, tau, chunk in NTXENT_CHUNKED_GRID:
+        def make(rng, dt, n=n, d=d, tau=tau, chunk=chunk):
+            return _cast(rng.normal(size=(2 * n, d)), dt), tau, chunk
+        tag = f"N{n}.d{d}.tau{tau:g}.chunk{chunk}"
+        doc = "chunked vs the EXACT oracle; " + (
+            "chunk does not divide 2N" if (2 * n) % chunk else "chunk divides 2N")
+        cases.append(Case(f"nt_xent_chunked.value.{tag}", "nt_xent_chunked", make, doc))
+        cases.append(Case(f"nt_xent_chunked.grad.{tag}", "nt_xent_chunked_grad", make, doc))
     return cases
 
 
@@ -284,7 +296,14 @@ def _step_cases() -> list[Case]:
     return [Case("train_step.1", k_train_steps, lambda r, dt: _step_args(r, dt, 1),
                  "augment both views, one forward over 2N, NT-Xent, backward, LARS"),
             Case("train_step.5", k_train_steps, lambda r, dt: _step_args(r, dt, 5),
-                 "five consecutive steps from identical weights and view parameters")]
+                 "five consecutive steps from identical weights and view parameters"),
+            Case("train_step.1.chunked_loss", k_train_steps, _chunked_step_args,
+                 "loss.chunk = 3 (blocks of 3 rows of the 8 views) against the exact oracle step")]
+
+
+def _chunked_step_args(rng, dt):
+    w, momenta, images, views, lrs, cfg = _step_args(rng, dt, 1)
+    return w, momenta, images, views, lrs, replace(cfg, loss=replace(cfg.loss, chunk=3))
 
 
 CROSSLOAD_CASE = Case("checkpoint.crossload", "crossload", lambda r, dt: (TINY,),

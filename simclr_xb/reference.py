@@ -340,6 +340,17 @@ def nt_xent_grad(z: np.ndarray, tau: float) -> np.ndarray:
     return (du - u * (u * du).sum(axis=1, keepdims=True)) / norm
 
 
+def nt_xent_chunked(z: np.ndarray, tau: float, chunk: int) -> float:
+    """The oracle of the backends' chunked NT-Xent: the EXACT :func:`nt_xent`. Chunking only
+    changes the summation order and the memory, never the value; ``chunk`` is ignored here."""
+    return nt_xent(z, tau)
+
+
+def nt_xent_chunked_grad(z: np.ndarray, tau: float, chunk: int) -> np.ndarray:
+    """The oracle of the chunked NT-Xent's gradient: the exact :func:`nt_xent_grad`."""
+    return nt_xent_grad(z, tau)
+
+
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean softmax cross-entropy (the online probe's loss)."""
     m = logits.max(axis=1, keepdims=True)

@@ -19,14 +19,15 @@ from . import convert, layers
 from .head import ProjectionHead
 from .lars import LARS
 from .ntxent import nt_xent as _nt_xent
+from .ntxent import nt_xent_chunked as _nt_xent_chunked
 from .resnet import ResNet, make_block
 from .step import MOMENTUM_PREFIX, Trainer
 
 __all__ = ["available", "version", "devices", "to_float", "resized_crop", "hflip",
            "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
            "color_jitter", "grayscale", "gaussian_blur", "augment", "batch_norm", "conv2d",
-           "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad", "lars_step",
-           "train_step", "Trainer"]
+           "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
+           "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step", "Trainer"]
 
 
 def available() -> bool:
@@ -183,6 +184,18 @@ def nt_xent_grad(z, tau: float, dtype: str = "float32") -> np.ndarray:
     """dL/dz (2N, d) by autodiff of the same :func:`.ntxent.nt_xent`."""
     with convert.on_device(dtype):
         return _np(mx.grad(lambda t: _nt_xent(t, tau))(_x(z, dtype)))
+
+
+def nt_xent_chunked(z, tau: float, chunk: int, dtype: str = "float32") -> float:
+    """:func:`nt_xent` computed ``chunk`` rows at a time (never the 2N x 2N matrix)."""
+    with convert.on_device(dtype):
+        return _nt_xent_chunked(_x(z, dtype), tau, chunk).item()
+
+
+def nt_xent_chunked_grad(z, tau: float, chunk: int, dtype: str = "float32") -> np.ndarray:
+    """dL/dz (2N, d) of :func:`nt_xent_chunked` through its custom vjp (blocks recomputed)."""
+    with convert.on_device(dtype):
+        return _np(mx.grad(lambda t: _nt_xent_chunked(t, tau, chunk))(_x(z, dtype)))
 
 
 # --------------------------------------------------------------------------- optimiser

@@ -32,6 +32,7 @@ from .lars import LARS
 from .layers import batch_norm as _make_bn
 from .layers import conv as _make_conv
 from .ntxent import nt_xent as _nt_xent
+from .ntxent import nt_xent_chunked as _nt_xent_chunked
 from .resnet import ResNet, make_block
 from .step import SimCLRModel, Trainer, set_weights
 
@@ -39,7 +40,8 @@ __all__ = [
     "available", "version", "devices", "to_float", "resized_crop", "hflip", "adjust_brightness",
     "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter", "grayscale",
     "gaussian_blur", "augment", "batch_norm", "conv2d", "block", "encoder", "head", "forward",
-    "nt_xent", "nt_xent_grad", "lars_step", "train_step", "Trainer",
+    "nt_xent", "nt_xent_grad", "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step",
+    "Trainer",
 ]
 
 DEVICE = os.environ.get("SIMCLR_XB_TORCH_DEVICE", "cpu")
@@ -228,6 +230,19 @@ def nt_xent_grad(z, tau, dtype="float32"):
     """dL/dz (2N, d) of :func:`nt_xent` by autograd."""
     zt = to_tensor(np.asarray(z), DEVICE, dtype).requires_grad_(True)
     _nt_xent(zt, tau).backward()
+    return _np(zt.grad)
+
+
+def nt_xent_chunked(z, tau, chunk, dtype="float32") -> float:
+    """:func:`nt_xent` computed ``chunk`` rows at a time (never the 2N x 2N matrix)."""
+    with torch.no_grad():
+        return float(_nt_xent_chunked(to_tensor(np.asarray(z), DEVICE, dtype), tau, chunk))
+
+
+def nt_xent_chunked_grad(z, tau, chunk, dtype="float32"):
+    """dL/dz (2N, d) of :func:`nt_xent_chunked` through its custom backward (blocks recomputed)."""
+    zt = to_tensor(np.asarray(z), DEVICE, dtype).requires_grad_(True)
+    _nt_xent_chunked(zt, tau, chunk).backward()
     return _np(zt.grad)
 
 
