@@ -205,23 +205,50 @@ def gaussian_kernel1d(sigma: mx.array, kernel_size: int) -> mx.array:
     return k / mx.sum(k, axis=1, keepdims=True)
 
 
-def _blur(x: mx.array, sigma: mx.array, kernel_size: int) -> mx.array:
-    """Separable Gaussian blur of every view (reflect padding, as torchvision), clamped."""
+def blur_matrices(sigma: np.ndarray, length: int, kernel_size: int) -> np.ndarray:
+    """(n,) sigmas -> (n, length, length) float64: the 1-D Gaussian blur with reflect padding
+    (as torchvision) as a matrix, out = M @ line. Row o holds k[j] at column reflect(o + j - r),
+    so a reflected pixel's two taps are summed into one coefficient (same sum, another
+    rounding). The kernel is the oracle's (reference.gaussian_kernel1d, float64)."""
     r = kernel_size // 2
-    k = gaussian_kernel1d(sigma, kernel_size)
-    H, W = x.shape[1:3]
-    p = mx.pad(x, [(0, 0), (r, r), (r, r), (0, 0)], mode="reflect") if r else x
-    rows = sum(_per_view(k[:, j]) * p[:, :, j:j + W, :] for j in range(kernel_size))
-    out = sum(_per_view(k[:, j]) * rows[:, j:j + H, :, :] for j in range(kernel_size))
+    if r >= length:
+        raise ValueError(f"gaussian_blur kernel_size {kernel_size} needs images larger than {r} "
+                         f"pixels for reflect padding, got {length}")
+    t = np.arange(-r, r + 1, dtype=np.float64)[None, :]
+    k = np.exp(-(t ** 2) / (2.0 * np.asarray(sigma, np.float64)[:, None] ** 2))
+    k /= k.sum(axis=1, keepdims=True)  # (n, kernel_size)
+    src = np.arange(length)[:, None] + np.arange(-r, r + 1)[None, :]  # (length, kernel_size)
+    src = np.where(src < 0, -src, np.where(src > length - 1, 2 * (length - 1) - src, src))
+    m = np.zeros((len(k), length, length))
+    rows = np.broadcast_to(np.arange(length)[:, None], src.shape)
+    for j in range(kernel_size):  # += per tap: reflected taps land on the same column
+        np.add.at(m, (slice(None), rows[:, j], src[:, j]), k[:, j, None])
+    return m
+
+
+def _blur(x: mx.array, sigma: np.ndarray, kernel_size: int) -> mx.array:
+    """Separable Gaussian blur of every view (reflect padding, as torchvision), clamped.
+
+    Each pass is one batched matrix product with a per-view banded (L, L) matrix
+    (:func:`blur_matrices`) instead of ``kernel_size`` shifted multiply-adds: for the
+    ImageNet kernel (23 taps at 224 px) that is ~10x faster on MLX's CPU backend (BLAS).
+    Rows (along W) first, then columns (along H), as the oracle.
+    """
+    n, H, W, C = x.shape
+    mw = mx.array(blur_matrices(sigma, W, kernel_size), dtype=x.dtype)  # (n, W, W)
+    mh = mw if H == W else mx.array(blur_matrices(sigma, H, kernel_size), dtype=x.dtype)
+    rows = mx.matmul(mw, mx.swapaxes(x, 1, 2).reshape(n, W, H * C))  # blur along W
+    rows = mx.swapaxes(rows.reshape(n, W, H, C), 1, 2)
+    out = mx.matmul(mh, rows.reshape(n, H, W * C)).reshape(n, H, W, C)  # along H
     return _clamp(out)
 
 
 def gaussian_blur(x: mx.array, sigma, mask, kernel_size: int) -> mx.array:
     """Blur the views where ``mask`` (numpy (N,) bool) with their own sigma; others untouched."""
     idx = np.flatnonzero(np.asarray(mask, dtype=bool))
-    if idx.size == 0:
+    if idx.size == 0 or kernel_size <= 1:
         return x
-    s = mx.array(np.asarray(sigma)[idx], dtype=x.dtype)
+    s = np.asarray(sigma, dtype=np.float64)[idx]
     return _scatter_back(x, idx, _blur(mx.take(x, mx.array(idx), axis=0), s, kernel_size))
 
 
