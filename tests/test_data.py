@@ -399,6 +399,8 @@ def test_shapes_spec_and_defaults():
     assert len(ds) == 10 and ds.classes == list(SHAPE_CLASSES)
     with pytest.raises(ValueError, match="shapes:train=N"):
         load_dataset("shapes:bogus=1")
+    small = load_dataset("shapes:train=40,test=10,seed=5", "test", image_size=16)  # resized on load
+    assert small.images.shape == (10, 16, 16, 3) and (small.labels == ds.labels).all()
 
 
 # --- specs -------------------------------------------------------------------------------

@@ -19,11 +19,13 @@ Everything else is a nuisance, drawn independently per image:
 Colour, texture and background carry no information about the label and dominate what a
 random convolutional network pools, so a linear probe on random-init features does poorly;
 the shape survives SimCLR's crop and colour augmentations, so contrastive training can find
-it. Measured (scratch scripts, not tests; narrow ResNet-18, width 16, CIFAR stem; linear
-probe = L-BFGS logistic regression on standardised features, 10000 train / 2000 test):
-raw pixels 10%, random-init encoder 19-20%, supervised training of the same encoder 83%
-after about 230 steps. Texture amplitudes were chosen from runs of short SimCLR training:
-full-strength textures halved the SimCLR-over-random gain of texture-free images.
+it. Measured with scratch scripts (not tests): narrow ResNet-18 (width 16, CIFAR stem),
+linear probe = L-BFGS logistic regression on standardised h, 10000 train / 2000 test images:
+raw pixels 10%, random-init encoder 19-20%; SimCLR (batch 256, tau 0.5, colour strength 0.5,
+Adam 1e-3) 29% after 195 steps and 35% after 390 steps (10 epochs), still rising; supervised
+training of the same encoder reached 83% after about 230 steps (texture-free variant). With
+textures at full strength (version 1) the random-init probe fell to 17% but SimCLR gained
+only 4 points in 160 steps.
 Rendering is vectorised numpy: per-class signed-distance functions (in pixels) give an
 antialiased coverage ``clip(0.5 - d, 0, 1)`` with no supersampling.
 
@@ -40,7 +42,9 @@ import functools
 
 import numpy as np
 
-SHAPES_VERSION = 1
+# Bumped whenever the images for a given (seed, split, n) change. 1: textures at full strength,
+# radius 7-14 px (commit 0e46b0b); 2: textures at BG_TEXTURE / FG_TEXTURE, radius 8-14 px.
+SHAPES_VERSION = 2
 STREAM_SHAPES = 0x5348_4150  # "SHAP"
 CHUNK = 1000
 SIZE = 32
@@ -142,18 +146,6 @@ def _sdf(cls: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     raise KeyError(cls)
 
 
-COLOUR_MODE = "rgb"
-
-
-def _hsv(h, s, v):
-    h = (h % 1.0) * 6
-    i = np.floor(h).astype(int) % 6
-    f = h - np.floor(h)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack([np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
-    return table[i, np.arange(len(h))]
-
-
 # --- nuisances ------------------------------------------------------------------------------
 def _grid() -> tuple[np.ndarray, np.ndarray]:
     c = np.arange(SIZE, dtype=np.float32) + 0.5
@@ -213,13 +205,6 @@ def _chunk(seed: int, split: int, index: int, m: int = CHUNK) -> tuple[np.ndarra
     cx = margin + rng.random(n) * (SIZE - 2 * margin)
     cy = margin + rng.random(n) * (SIZE - 2 * margin)
     c0, c1, fill = rng.random((n, 3)), rng.random((n, 3)), rng.random((n, 3))
-    if COLOUR_MODE == "hsv":  # TEMP experiment
-        hb = rng.random(n)
-        c0 = _hsv(hb, rng.uniform(0.1, 0.4, n), rng.uniform(0.35, 0.65, n))
-        c1 = _hsv(hb + rng.uniform(-0.05, 0.05, n), rng.uniform(0.1, 0.4, n), rng.uniform(0.35, 0.65, n))
-        light = rng.random(n) < 0.5
-        fill = _hsv(rng.random(n), rng.uniform(0.3, 0.9, n),
-                    np.where(light, rng.uniform(0.8, 1.0, n), rng.uniform(0.05, 0.25, n)))
     g_angle = rng.uniform(0, 2 * np.pi, n)
     g_strength = rng.uniform(0, 1.5, n)
     bg_tex = _texture(rng, n, m, X, Y, BG_TEXTURE)
