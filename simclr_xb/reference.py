@@ -305,14 +305,25 @@ def positive_index(n2: int) -> np.ndarray:
     return (np.arange(n2) + n2 // 2) % n2
 
 
+# Smallest norm a projection is divided by (tf.math.l2_normalize's and F.normalize's epsilon).
+NORM_EPS = 1e-12
+
+
+def _safe_norm(z: np.ndarray) -> np.ndarray:
+    """(2N, 1): max(|z_i|, NORM_EPS), computed as sqrt(max(|z_i|^2, NORM_EPS^2))."""
+    return np.sqrt(np.maximum((z * z).sum(axis=1, keepdims=True), NORM_EPS ** 2))
+
+
 def nt_xent(z: np.ndarray, tau: float) -> float:
     """NT-Xent (SimCLR eq. 1), mean over the 2N ordered positive pairs.
 
     l(i, j) = -log( exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau) ),
     sim(u, v) = u.v / (|u| |v|). z: (2N, d), positive of i is (i + N) mod 2N.
     (The official tf2 code returns 2x this value: it sums both directions and divides by N.)
+    Rows are normalised as z / max(|z|, NORM_EPS) (as tf.math.l2_normalize and
+    torch.nn.functional.normalize do), so an all-zero row gives a finite loss, not NaN.
     """
-    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    u = z / _safe_norm(z)
     s = u @ u.T / tau
     np.fill_diagonal(s, -np.inf)
     m = s.max(axis=1, keepdims=True)
@@ -325,10 +336,11 @@ def nt_xent_grad(z: np.ndarray, tau: float) -> np.ndarray:
     """Analytic dL/dz of :func:`nt_xent`, (2N, d).
 
     With u = z/|z|, s = u u^T / tau, P = softmax over k != i, Y = one-hot positives:
-    G = (P - Y) / 2N, dL/du = (G + G^T) u / tau, dL/dz_i = (I - u_i u_i^T) dL/du_i / |z_i|.
+    G = (P - Y) / 2N, dL/du = (G + G^T) u / tau, dL/dz_i = (I - u_i u_i^T) dL/du_i / |z_i|;
+    for a row with |z_i| < NORM_EPS (u_i = z_i / NORM_EPS) it is dL/du_i / NORM_EPS.
     """
     n2 = len(z)
-    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    norm = _safe_norm(z)
     u = z / norm
     s = u @ u.T / tau
     np.fill_diagonal(s, -np.inf)
@@ -337,7 +349,8 @@ def nt_xent_grad(z: np.ndarray, tau: float) -> np.ndarray:
     p[np.arange(n2), positive_index(n2)] -= 1.0
     g = p / n2
     du = (g + g.T) @ u / tau
-    return (du - u * (u * du).sum(axis=1, keepdims=True)) / norm
+    radial = np.where(norm > NORM_EPS, (u * du).sum(axis=1, keepdims=True), 0.0)
+    return (du - u * radial) / norm
 
 
 def nt_xent_chunked(z: np.ndarray, tau: float, chunk: int) -> float:

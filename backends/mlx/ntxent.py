@@ -33,6 +33,15 @@ def positive_index(n2: int) -> mx.array:
     return (mx.arange(n2) + n2 // 2) % n2
 
 
+NORM_EPS = 1e-12  # reference.NORM_EPS: rows are divided by max(|z_i|, NORM_EPS)
+
+
+def safe_norm(z: mx.array) -> mx.array:
+    """(2N, 1) max(|z_i|, NORM_EPS) as sqrt(max(|z_i|^2, NORM_EPS^2)): an all-zero row gives
+    a finite loss and gradient (mx.linalg.norm's vjp is 0/0 at a zero row)."""
+    return mx.sqrt(mx.maximum(mx.sum(z * z, axis=1, keepdims=True), NORM_EPS ** 2))
+
+
 def nt_xent(z: mx.array, tau: float) -> mx.array:
     """NT-Xent of z (2N, d) at temperature tau -> scalar (mean over the 2N rows).
 
@@ -43,7 +52,7 @@ def nt_xent(z: mx.array, tau: float) -> mx.array:
     n2 = z.shape[0]
     if z.ndim != 2 or n2 < 2 or n2 % 2:
         raise ValueError(f"NT-Xent expects z of shape (2N, d) with N >= 1, got {tuple(z.shape)}")
-    u = z / mx.linalg.norm(z, axis=1, keepdims=True)
+    u = z / safe_norm(z)
     s = (u @ u.T) / tau
     s = mx.where(mx.eye(n2, dtype=mx.bool_), mx.array(-mx.inf, dtype=s.dtype), s)
     lse = logsumexp(s, axis=1)
@@ -67,7 +76,7 @@ def _chunked(tau: float, chunk: int):
     @mx.custom_function
     def f(z):
         n2 = z.shape[0]
-        u = z / mx.linalg.norm(z, axis=1, keepdims=True)
+        u = z / safe_norm(z)
         lse = []
         for a in range(0, n2, chunk):
             b = min(a + chunk, n2)
@@ -84,7 +93,7 @@ def _chunked(tau: float, chunk: int):
         ct = cotangents[0]
         lse = outputs[1]
         n2 = z.shape[0]
-        norm = mx.linalg.norm(z, axis=1, keepdims=True)
+        norm = safe_norm(z)
         u = z / norm
         scale = 1.0 / (n2 * tau)
         cols = mx.take(u, positive_index(n2), axis=0) * (-2.0 * scale)  # the -Y and -Y^T terms
@@ -96,7 +105,8 @@ def _chunked(tau: float, chunk: int):
             rows.append((p @ u) * scale)  # P_B u
             cols = cols + (p.T @ u[a:b]) * scale  # P_B^T u_B
         du = cols + mx.concatenate(rows)
-        dz = (du - u * mx.sum(u * du, axis=1, keepdims=True)) / norm
+        radial = mx.where(norm > NORM_EPS, mx.sum(u * du, axis=1, keepdims=True), 0.0)
+        dz = (du - u * radial) / norm
         return (dz * ct,)
 
     return f

@@ -19,6 +19,15 @@ def positive_index(n2: int, device=None) -> torch.Tensor:
     return (torch.arange(n2, device=device) + n2 // 2) % n2
 
 
+NORM_EPS = 1e-12  # reference.NORM_EPS: rows are divided by max(|z_i|, NORM_EPS)
+
+
+def safe_norm(z: torch.Tensor) -> torch.Tensor:
+    """(2N, 1) max(|z_i|, NORM_EPS) as sqrt(max(|z_i|^2, NORM_EPS^2)): an all-zero row gives
+    a finite loss and a zero-free gradient path instead of 0/0 (as F.normalize)."""
+    return (z * z).sum(dim=1, keepdim=True).clamp_min(NORM_EPS ** 2).sqrt()
+
+
 def nt_xent(z: torch.Tensor, tau: float) -> torch.Tensor:
     """NT-Xent loss of z (2N, d) at temperature ``tau`` -> scalar tensor (differentiable).
 
@@ -31,7 +40,7 @@ def nt_xent(z: torch.Tensor, tau: float) -> torch.Tensor:
     if z.ndim != 2 or z.shape[0] < 2 or z.shape[0] % 2:
         raise ValueError(f"nt_xent expects z of shape (2N, d) with N >= 1, got {tuple(z.shape)}")
     n2 = z.shape[0]
-    u = z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    u = z / safe_norm(z)
     s = (u @ u.T) / tau
     self_mask = torch.eye(n2, dtype=torch.bool, device=z.device)
     s = s.masked_fill(self_mask, float("-inf"))
@@ -67,7 +76,7 @@ class _ChunkedNTXent(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, tau: float, chunk: int) -> torch.Tensor:
         n2 = z.shape[0]
-        norm = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+        norm = safe_norm(z)
         u = z / norm
         pos_idx = positive_index(n2, z.device)
         lse = torch.empty(n2, dtype=z.dtype, device=z.device)
@@ -97,7 +106,7 @@ class _ChunkedNTXent(torch.autograd.Function):
             du[a:b].addmm_(p, u, alpha=scale)  # P_B u
             du.addmm_(p.T, u[a:b], alpha=scale)  # P_B^T u_B
             del p
-        radial = (u * du).sum(dim=1, keepdim=True)
+        radial = (u * du).sum(dim=1, keepdim=True).masked_fill_(norm <= NORM_EPS, 0.0)
         dz = (du - u * radial) / norm
         return dz * grad_out, None, None
 
