@@ -5,7 +5,8 @@ One training step (Chen et al. 2020, Algorithm 1; identical to the torch backend
 1. x1 = augment(images, p1), x2 = augment(images, p2); x = concat([x1, x2]) (2N views);
 2. ONE encoder forward in train mode over the 2N views (BN statistics over all 2N):
    h = f(x) (2N, d); z = g(h); loss = nt_xent(z, cfg.loss.temperature);
-3. with a probe and labels: logits = probe(stop_gradient(h)), probe_loss = cross-entropy
+3. with a probe and labels: logits = probe(standardise(stop_gradient(h))) (probe_input),
+   probe_loss = cross-entropy
    against concat([labels, labels]), probe_acc = top-1; the gradient is that of
    loss + probe_loss (the probe never moves the encoder);
 4. gradients by ``nn.value_and_grad``; one LARS step at the given lr over every trainable
@@ -53,6 +54,16 @@ from .ntxent import nt_xent, nt_xent_chunked
 from .resnet import ResNet
 
 MOMENTUM_PREFIX = "momentum/"
+
+
+def probe_input(h: mx.array) -> mx.array:
+    """The online probe's input: h (2N, d) standardised per feature over the batch (no
+    parameters, no state). Raw h grows during pre-training and, at the LARS learning rate the
+    probe shares, a linear layer on it diverges (probe loss in the hundreds, measured on
+    shapes); standardised features keep the logged probe meaningful."""
+    mean = mx.mean(h, axis=0, keepdims=True)
+    var = mx.mean(mx.square(h - mean), axis=0, keepdims=True)
+    return (h - mean) * mx.rsqrt(var + 1e-5)
 
 
 class SimCLRModel(nn.Module):
@@ -111,7 +122,7 @@ def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: f
     if labels is None:
         zero = mx.zeros((), dtype=loss.dtype)
         return loss, (loss, zero, zero)
-    logits = model.probe(mx.stop_gradient(h))
+    logits = model.probe(probe_input(mx.stop_gradient(h)))
     probe_loss = cross_entropy(logits, labels)
     acc = mx.mean((mx.argmax(logits, axis=1) == labels).astype(loss.dtype))
     return loss + probe_loss, (loss, probe_loss, acc)

@@ -8,7 +8,8 @@ Training step (identical in the MLX backend; Chen et al. 2020, Algorithm 1):
    all 2N views (as the official code): h = f(x) (2N, d); z = g(h) (2N, head_out).
 3. loss = NT-Xent(z, cfg.loss.temperature) with positives (i, i + N) (:mod:`.ntxent`).
 4. Online linear probe (official code), when the Trainer has one and labels are given:
-   logits = probe(stop_gradient(h)), probe_loss = cross-entropy vs [labels; labels],
+   logits = probe(standardise(stop_gradient(h))) (probe_input), probe_loss = cross-entropy
+   vs [labels; labels],
    probe_acc = top-1 accuracy over the 2N views; total = loss + probe_loss (the probe's
    gradient never reaches the encoder).
 5. backward of total, then one LARS step (:mod:`.lars`) at the given lr over every trainable
@@ -54,6 +55,16 @@ from .ntxent import nt_xent, nt_xent_chunked
 from .resnet import ResNet
 
 MOMENTUM_PREFIX = "momentum/"
+
+
+def probe_input(h: torch.Tensor) -> torch.Tensor:
+    """The online probe's input: h (2N, d) standardised per feature over the batch (no
+    parameters, no state). Raw h grows during pre-training and, at the LARS learning rate the
+    probe shares, a linear layer on it diverges (probe loss in the hundreds, measured on
+    shapes); standardised features keep the logged probe meaningful."""
+    mean = h.mean(dim=0, keepdim=True)
+    var = (h - mean).square().mean(dim=0, keepdim=True)
+    return (h - mean) * torch.rsqrt(var + 1e-5)
 
 
 class SimCLRModel(nn.Module):
@@ -246,7 +257,7 @@ class Trainer:
                 raise ValueError(f"labels must have shape ({n},), got {np.shape(labels)}")
             y = to_tensor(labels, self._device).long()
             y2 = torch.cat([y, y])
-            logits = self.model.probe(h.detach().to(self.dtype))
+            logits = self.model.probe(probe_input(h.detach().to(self.dtype)))
             probe_loss = F.cross_entropy(logits, y2)
             acc = (logits.argmax(dim=1) == y2).to(self.dtype).mean()
             total = loss + probe_loss
