@@ -286,12 +286,33 @@ def eval_(checkpoint, data, data_root, backend, device, random_init, raw_pixels,
 
 
 # --------------------------------------------------------------------------- demo
+def _fast_bf16(device: str | None) -> bool:
+    """True on a CUDA device, or a CPU whose flags list native bfloat16 (avx512_bf16, amx_bf16)."""
+    if device and device.startswith("cuda"):
+        return True
+    try:
+        import torch
+        if device is None and torch.cuda.is_available():
+            return True
+    except ImportError:
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 @main.command()
 @click.option("--backend", type=BACKEND_CHOICE, default="torch", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--epochs", type=int, default=None, help="Epochs of the tiny preset (default: its own).")
 @click.option("--device", default=None)
-def demo(backend, out_dir, epochs, device):
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+              show_default=True,
+              help="auto: bfloat16 autocast for torch on a GPU or on a CPU with native bf16 "
+                   "(AVX512-BF16/AMX: ~2x faster), else float32.")
+def demo(backend, out_dir, epochs, device, precision):
     """The main job end to end: pre-train the tiny preset on the built-in `shapes` dataset,
     then score the linear probe against a random-init encoder of the same architecture."""
     from simclr_xb.evaluate import evaluate, format_result
@@ -300,6 +321,11 @@ def demo(backend, out_dir, epochs, device):
         cfg = preset("tiny")
         if epochs:
             cfg = cfg.with_value("train.epochs", epochs).validate()
+        if precision == "auto":
+            precision = "bfloat16" if backend == "torch" and _fast_bf16(device) else "float32"
+        cfg = cfg.with_value("train.precision", precision).validate()
+        click.echo(f"demo: {backend} backend, {precision}, {cfg.train.epochs} epochs of the tiny "
+                   f"preset on shapes -> {out_dir}", err=True)
         resume = out_dir if (Path(out_dir) / "last.h5").exists() else None
         res = run_train(cfg, out_dir, backend=backend, resume=resume, device=device,
                         log=lambda m: click.echo(m, err=True))

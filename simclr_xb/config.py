@@ -279,6 +279,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"config field {name} may not be None")
     try:
         if hint_s.startswith("tuple"):
+            if isinstance(value, str) and value.count(",") == 1:  # CLI: crop_scale=0.2,1.0
+                value = [float(v) for v in value.split(",")]
             if not isinstance(value, (list, tuple)) or len(value) != 2:
                 raise TypeError
             return (float(value[0]), float(value[1]))

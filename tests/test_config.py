@@ -208,6 +208,9 @@ def test_overrides():
     assert cfg.data.name == "fashion-mnist" and cfg.train.max_steps == 7
     with pytest.raises(ConfigError, match="section.field=value"):
         Config().with_overrides(["train.batch_size"])
+    assert preset("tiny").with_overrides(["augment.crop_scale=0.2,1"]).augment.crop_scale == (0.2, 1.0)
+    with pytest.raises(ConfigError, match="augment.crop_scale .* wrong type"):
+        preset("tiny").with_overrides(["augment.crop_scale=0.2,x"])
 
 
 def test_json_round_trip():
