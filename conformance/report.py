@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import platform
 from collections import Counter
 from pathlib import Path
@@ -40,3 +41,50 @@ def write_json(results: list[Result], path: str | Path, backends: dict[str, str]
            "cases": sorted({r.case for r in results}),
            "results": [r.to_dict() for r in results]}
     Path(path).write_text(json.dumps(doc, indent=2, default=float))
+
+
+# --------------------------------------------------------------------------- markdown
+PAIRS = ("torch~oracle", "mlx~oracle", "torch~mlx")
+
+
+def family(case: str) -> str:
+    """The group a case is summarised under: its name without the NT-Xent grid tag, e.g.
+    ``nt_xent.grad.N4.d16.tau0.1`` -> ``nt_xent.grad`` (other names are their own group)."""
+    return re.sub(r"\.N\d+\.d\d+\.tau[0-9.e+-]+?(\.chunk\d+)?$", "", case)
+
+
+def markdown(doc: dict, by_family: bool = False) -> str:
+    """A markdown table from a ``--json`` report: one row per case (or per family of cases),
+    the worst max-abs error of each pair over the rows it covers, per dtype, and the tolerance.
+    ``n`` counts the (case, pair, dtype) comparisons and how many passed."""
+    groups: dict[str, list[dict]] = {}
+    for r in doc["results"]:
+        groups.setdefault(family(r["case"]) if by_family else r["case"], []).append(r)
+    head = ("| case | n (pass) | " + " | ".join(f"f32 {p}" for p in PAIRS) + " | f32 atol | "
+            + " | ".join(f"f64 {p}" for p in PAIRS) + " | f64 atol | other pairs |")
+    lines = [head, "|" + "---|" * (5 + 2 * len(PAIRS))]
+    for name, rows in groups.items():
+        cells = []
+        for dt in ("float32", "float64"):
+            for p in PAIRS:
+                errs = [r["max_abs"] for r in rows if r["dtype"] == dt and r["pair"] == p
+                        and r["max_abs"] is not None]
+                skipped = any(r["status"] == "SKIP" for r in rows if r["dtype"] == dt and r["pair"] == p)
+                cells.append(_num(max(errs)) if errs else ("skip" if skipped else "-"))
+            atols = {r["atol"] for r in rows if r["dtype"] == dt and r["atol"] is not None}
+            cells.append("/".join(_num(a) for a in sorted(atols)) or "-")
+        n, ok = len(rows), sum(r["status"] == "PASS" for r in rows)
+        f32, f64 = cells[:len(PAIRS) + 1], cells[len(PAIRS) + 1:]
+        other = {}
+        for r in rows:
+            if r["pair"] not in PAIRS and r["max_abs"] is not None:
+                key = f"{r['pair']} {r['dtype'].replace('float', 'f')}"
+                other[key] = max(other.get(key, 0.0), r["max_abs"])
+        extra = ", ".join(f"{k}: {_num(v)}" for k, v in other.items()) or ""
+        lines.append(f"| {name} | {n} ({ok}) | " + " | ".join(f32 + f64) + f" | {extra} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m simclr_xb.conformance.report report.json [--by-family]
+    import sys
+    print(markdown(json.loads(Path(sys.argv[1]).read_text()), by_family="--by-family" in sys.argv))

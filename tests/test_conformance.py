@@ -81,3 +81,23 @@ def test_every_issue_case_is_listed():
                    "train_step.5", "checkpoint.crossload"):
         assert any(n.startswith(prefix) for n in names), prefix
     assert any("tau0.05" in n for n in names) and any(".N2." in n for n in names)
+
+
+def test_markdown_summary_groups_the_grid_and_keeps_the_worst_error(tmp_path):
+    from simclr_xb.conformance.report import markdown, write_json
+    results = run(INSTALLED, "nt_xent.value,schedule", ("float32", "float64"))
+    write_json(results, tmp_path / "r.json", {b: "x" for b in INSTALLED})
+    import json
+    doc = json.loads((tmp_path / "r.json").read_text())
+    per_case = markdown(doc)
+    grouped = markdown(doc, by_family=True)
+    assert "| nt_xent.value.N2.d8.tau0.05 |" in per_case and "| schedule.warmup_cosine |" in per_case
+    rows = [ln for ln in grouped.splitlines() if ln.startswith("| nt_xent.value |")]
+    assert len(rows) == 1
+    n_grid = sum(1 for r in results if r.case.startswith("nt_xent.value."))
+    assert f"| {n_grid} ({n_grid}) |" in rows[0]
+    if "torch" in INSTALLED:
+        worst = max(r.max_abs for r in results
+                    if r.case.startswith("nt_xent.value.") and r.pair == "torch~oracle"
+                    and r.dtype == "float32")
+        assert rows[0].split(" | ")[2] == f"{worst:.1e}"
