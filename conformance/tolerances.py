@@ -40,6 +40,11 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "train-mode BN in layer4 normalises 32 values per channel (2x2 maps, 8 images), which "
         "amplifies float32 rounding: measured max abs 2.0e-4 torch, 3.3e-4 mlx vs the oracle; "
         "oracle sensitivity 4.6e-5. The same case in float64 passes at 1e-10."))},
+    "encoder.resnet50_imagenet_stem.eval": {"float32": Tolerance(1e-4, 1e-5, (
+        "53 float32 layers with h up to 110: errors are a few ulps of the output's scale, not "
+        "of each entry, so small entries fail a per-entry 1e-5. Measured max abs 3.8e-5 torch, "
+        "5.1e-5 mlx vs the oracle, 4.6e-5 torch vs mlx (at an entry of 0.53); oracle "
+        "sensitivity 1.1e-5. atol 1e-4 is 1e-6 of max |h|. float64 passes at 1e-10."))},
     "train_step.5": {"float32": Tolerance(8e-2, 1e-5, (
         "5 consecutive steps: the stem BN gradient sums 2N*H*W terms that cancel to ~1e-3 of "
         "their size (~1% relative float32 error in every implementation) and BN parameters take "

@@ -364,6 +364,18 @@ def nt_xent_chunked_grad(z: np.ndarray, tau: float, chunk: int) -> np.ndarray:
     return nt_xent_grad(z, tau)
 
 
+PROBE_EPS = 1e-5
+
+
+def probe_input(h: np.ndarray) -> np.ndarray:
+    """The online probe's input: h (B, d) standardised per feature over the batch,
+    (h - E[h]) / sqrt(E[h^2] - E[h]^2 + 1e-5), no parameters. The backends take the moments
+    over the global batch in data-parallel runs."""
+    mean = h.mean(axis=0, keepdims=True)
+    var = np.maximum((h * h).mean(axis=0, keepdims=True) - mean ** 2, 0.0)
+    return (h - mean) / np.sqrt(var + PROBE_EPS)
+
+
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean softmax cross-entropy (the online probe's loss)."""
     m = logits.max(axis=1, keepdims=True)

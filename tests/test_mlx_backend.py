@@ -620,7 +620,9 @@ def test_encode_is_eval_mode_identity_view():
     eh, up = api.encoder(u8 / 255.0, w, R18, False, dtype="float32")
     assert up == {}
     np.testing.assert_allclose(h, eh, atol=1e-5)
-    np.testing.assert_allclose(t.encode(u8, batch_size=256), h, atol=1e-6)
+    # another batch size changes the BLAS blocking, so the sums round differently: entries
+    # up to ~5 differ by a few float32 ulps (measured 1.9e-6 with OpenBLAS preloaded)
+    np.testing.assert_allclose(t.encode(u8, batch_size=256), h, rtol=1e-6, atol=1e-6)
     assert t.state_dict()["encoder.bn1.num_batches_tracked"] == 1  # encode did not train
 
 

@@ -583,6 +583,7 @@ def test_probe_step_matches_oracle_and_leaves_encoder_alone():
     # oracle for the probe: cross-entropy on h of the training-mode forward of the 2N views
     x = np.concatenate([R.augment(images, p1, cfg.augment), R.augment(images, p2, cfg.augment)])
     h, _, _ = R.forward(x, st, cfg, True)
+    h = R.probe_input(h)  # standardised over the batch
     y = np.concatenate([labels, labels])
     logits = h @ st["probe.weight"].T + st["probe.bias"]
     assert m["probe_loss"] == pytest.approx(R.cross_entropy(logits, y), abs=1e-10)

@@ -56,14 +56,21 @@ from .resnet import ResNet
 MOMENTUM_PREFIX = "momentum/"
 
 
-def probe_input(h: mx.array) -> mx.array:
-    """The online probe's input: h (2N, d) standardised per feature over the batch (no
-    parameters, no state). Raw h grows during pre-training and, at the LARS learning rate the
-    probe shares, a linear layer on it diverges (probe loss in the hundreds, measured on
-    shapes); standardised features keep the logged probe meaningful."""
-    mean = mx.mean(h, axis=0, keepdims=True)
-    var = mx.mean(mx.square(h - mean), axis=0, keepdims=True)
-    return (h - mean) * mx.rsqrt(var + 1e-5)
+PROBE_EPS = 1e-5
+
+
+def probe_input(h: mx.array, dist=None) -> mx.array:
+    """The online probe's input (reference.probe_input): h (2N, d) standardised per feature
+    with the mean and variance of the GLOBAL batch (with ``dist``, the per-rank first and
+    second moments are averaged over ranks; ranks hold equal counts). Raw h grows during
+    pre-training and, at the LARS learning rate the probe shares, a linear layer on it
+    diverged (probe loss in the hundreds, measured on shapes)."""
+    m1 = mx.mean(h, axis=0, keepdims=True)
+    m2 = mx.mean(mx.square(h), axis=0, keepdims=True)
+    if dist is not None:
+        m1, m2 = dist.mean((m1, m2))
+    var = mx.maximum(m2 - mx.square(m1), 0.0)
+    return (h - m1) * mx.rsqrt(var + PROBE_EPS)
 
 
 class SimCLRModel(nn.Module):
@@ -122,7 +129,7 @@ def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: f
     if labels is None:
         zero = mx.zeros((), dtype=loss.dtype)
         return loss, (loss, zero, zero)
-    logits = model.probe(probe_input(mx.stop_gradient(h)))
+    logits = model.probe(probe_input(mx.stop_gradient(h), dist))
     probe_loss = cross_entropy(logits, labels)
     acc = mx.mean((mx.argmax(logits, axis=1) == labels).astype(loss.dtype))
     return loss + probe_loss, (loss, probe_loss, acc)

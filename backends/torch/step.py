@@ -57,14 +57,20 @@ from .resnet import ResNet
 MOMENTUM_PREFIX = "momentum/"
 
 
-def probe_input(h: torch.Tensor) -> torch.Tensor:
-    """The online probe's input: h (2N, d) standardised per feature over the batch (no
-    parameters, no state). Raw h grows during pre-training and, at the LARS learning rate the
-    probe shares, a linear layer on it diverges (probe loss in the hundreds, measured on
-    shapes); standardised features keep the logged probe meaningful."""
-    mean = h.mean(dim=0, keepdim=True)
-    var = (h - mean).square().mean(dim=0, keepdim=True)
-    return (h - mean) * torch.rsqrt(var + 1e-5)
+PROBE_EPS = 1e-5
+
+
+def probe_input(h: torch.Tensor, mean_over_ranks=None) -> torch.Tensor:
+    """The online probe's input (reference.probe_input): h (2N, d) standardised per feature
+    with the mean and variance of the GLOBAL batch (``mean_over_ranks`` averages the per-rank
+    first and second moments; ranks hold equal counts). Raw h grows during pre-training and,
+    at the LARS learning rate the probe shares, a linear layer on it diverged (probe loss in
+    the hundreds, measured on shapes)."""
+    moments = torch.cat([h.mean(dim=0, keepdim=True), h.square().mean(dim=0, keepdim=True)])
+    if mean_over_ranks is not None:
+        moments = mean_over_ranks(moments)
+    mean, var = moments[:1], (moments[1:] - moments[:1].square()).clamp_min(0.0)
+    return (h - mean) * torch.rsqrt(var + PROBE_EPS)
 
 
 class SimCLRModel(nn.Module):
@@ -257,7 +263,8 @@ class Trainer:
                 raise ValueError(f"labels must have shape ({n},), got {np.shape(labels)}")
             y = to_tensor(labels, self._device).long()
             y2 = torch.cat([y, y])
-            logits = self.model.probe(probe_input(h.detach().to(self.dtype)))
+            logits = self.model.probe(probe_input(h.detach().to(self.dtype),
+                                                  self._dp.mean if self._dp else None))
             probe_loss = F.cross_entropy(logits, y2)
             acc = (logits.argmax(dim=1) == y2).to(self.dtype).mean()
             total = loss + probe_loss
