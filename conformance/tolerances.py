@@ -49,7 +49,8 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "5 consecutive steps: the stem BN gradient sums 2N*H*W terms that cancel to ~1e-3 of "
         "their size (~1% relative float32 error in every implementation) and BN parameters take "
         "plain SGD steps, so float32 trajectories separate: measured max abs 2.2e-2 torch, "
-        "2.3e-2 mlx vs the oracle, 2.1e-3 torch vs mlx; oracle sensitivity 4.7e-3. The same "
+        "2.3e-2 mlx vs the oracle, 2.1e-3 torch vs mlx when set; 4.5e-4 torch, 2.3e-2 mlx, "
+        "2.3e-2 torch vs mlx after the NT-Xent epsilon change; oracle sensitivity 4.7e-3. The same "
         "case in float64 passes at 1e-10 (measured 7e-12)."))},
 }
 
