@@ -29,7 +29,7 @@ import numpy as np
 from simclr_xb.augment import ViewParams, sample_pair
 from simclr_xb.config import AugmentConfig
 
-from .common import Report, Target, measure, rate
+from .common import Report, Target, installed, measure, rate
 
 # name -> (output size, source size, strength, blur_p, images per pass, batch)
 SETTINGS = {
@@ -122,7 +122,6 @@ def run(size: str = "full", repeats: int | None = None, workers: int | None = No
         log=print, **_) -> Report:
     import torch
 
-    from simclr_xb.backend import BackendUnavailable, get_backend
     repeats = repeats or (2 if size == "tiny" else 5)
     workers = os.cpu_count() if workers is None else workers
     rows, targets, skipped = [], [], {}
@@ -143,12 +142,7 @@ def run(size: str = "full", repeats: int | None = None, workers: int | None = No
                      **t.to_dict(), **rate(views, t)})
         log(f"augment {name}: pillow-dataloader ({workers} workers) {views / t.median:9.0f} views/s")
         base = views / t.median
-        for backend in backends:
-            try:
-                get_backend(backend)
-            except BackendUnavailable as e:
-                skipped[backend] = str(e)
-                continue
+        for backend in installed(backends, skipped):
             if backend == "torch":
                 variants = sorted({1, torch.get_num_threads()}, reverse=True)
                 for threads in variants:

@@ -101,6 +101,20 @@ class Report:
     extra: dict = field(default_factory=dict)
 
 
+def installed(backends, skipped: dict) -> list[str]:
+    """The backends of ``backends`` that import; each one that does not is recorded in
+    ``skipped`` (name -> reason) so the report says why its rows are missing."""
+    from simclr_xb.backend import BackendUnavailable, get_backend
+    ok = []
+    for name in backends:
+        try:
+            get_backend(name)
+            ok.append(name)
+        except BackendUnavailable as e:
+            skipped[name] = str(e)
+    return ok
+
+
 def load_average() -> list[float]:
     try:
         return [round(v, 2) for v in os.getloadavg()]

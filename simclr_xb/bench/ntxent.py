@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from .common import Report, Target, measure, rate
+from .common import Report, Target, installed, measure, rate
 
 DIM = 128
 TAU = 0.1
@@ -114,19 +114,13 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
         chunk: int | None = None, sizes: tuple[int, ...] | None = None, memory: str | bool | None = None,
         log=print, **_) -> Report:
     """``memory``: "all" sizes (full default), True = the largest size only (tiny default), False."""
-    from simclr_xb.backend import BackendUnavailable, get_backend
 
     sizes = tuple(sizes or SIZES[size])
     chunk = chunk or (TINY_CHUNK if size == "tiny" else CHUNK)
     repeats = repeats or (3 if size == "tiny" else 5)
     memory = ("all" if size == "full" else True) if memory is None else memory
     rows, skipped = [], {}
-    for backend in backends:
-        try:
-            get_backend(backend)
-        except BackendUnavailable as e:
-            skipped[backend] = str(e)
-            continue
+    for backend in installed(backends, skipped):
         make = _torch_loss_and_grad if backend == "torch" else _mlx_loss_and_grad
         for n in sizes:
             z = _z(n)

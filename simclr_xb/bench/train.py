@@ -30,7 +30,7 @@ import numpy as np
 from simclr_xb.augment import sample_pair
 from simclr_xb.config import AugmentConfig, Config, LossConfig, ModelConfig, OptimConfig, TrainConfig
 
-from .common import Report, Target, Timing, rate
+from .common import Report, Target, Timing, installed, rate
 from .flops import model_flops, step_flops
 
 # name -> (model, augment, batch N, source side). Sized for a 2-core CPU: the tiny preset's
@@ -200,7 +200,6 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
         usual: bool = True, precisions: tuple[str, ...] | None = None, log=print, **_) -> Report:
     import torch
 
-    from simclr_xb.backend import BackendUnavailable, get_backend
 
     from .augment import source_images
     repeats = repeats or (2 if size == "tiny" else 5)
@@ -212,12 +211,7 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
         if archs and arch not in archs:
             continue
         images = source_images(max(4 * batch, 64), side)
-        for backend in backends:
-            try:
-                get_backend(backend)
-            except BackendUnavailable as e:
-                skipped[backend] = str(e)
-                continue
+        for backend in installed(backends, skipped):
             fn = _torch_rows if backend == "torch" else _mlx_rows
             rows += fn(arch, model, aug, batch, images, steps, repeats, log, precisions)
         if usual and "torch" in backends and arch == USUAL_ARCH[size] and "torch" not in skipped:
