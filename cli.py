@@ -179,12 +179,18 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
                         show_progress=not quiet, dist=dist, log=lambda m: click.echo(m, err=True),
                         requested_fields=requested_fields(overrides, flags))
     except UserError as e:
-        raise UserError(_on_rank(dist, e.message)) from e
+        if dist is not None:
+            dist.abort(1, f"Error: {_on_rank(dist, e.message)}")
+        raise
     except (DistributedError,) + _known_errors() as e:
-        raise UserError(_on_rank(dist, str(e))) from e
+        if dist is not None:
+            dist.abort(1, f"Error: {_on_rank(dist, str(e))}")
+        raise UserError(str(e)) from e
     except Exception as e:
         if dist is not None:  # the launcher (or the collective timeout) stops the other ranks
-            click.echo(_on_rank(dist, f"failed with {type(e).__name__}: {e}"), err=True)
+            import traceback
+            traceback.print_exc()
+            dist.abort(1, _on_rank(dist, f"failed with {type(e).__name__}: {e}"))
         raise
     if dist is None or dist.is_main:
         (Path(out_dir) / "config.json").write_text(json.dumps((res.config or cfg).to_dict(), indent=2))

@@ -204,7 +204,7 @@ def worker_failure(out_dir: Path) -> None:
         tdist.gather_views(z)
     except Exception as e:  # noqa: BLE001 - what the stuck peer looks like on rank 0
         (out_dir / "rank0.txt").write_text(f"{type(e).__name__} after {time.perf_counter() - t0:.1f} s: {e}")
-        raise SystemExit(3)
+        ctx.abort(3)  # as the CLI does: a plain exit lets gloo's destructor SIGABRT (-6) half the time
     (out_dir / "rank0.txt").write_text("no error")
 
 
@@ -329,6 +329,18 @@ def test_a_stuck_rank_fails_the_job_instead_of_hanging(tmp_path):
 
 
 # --------------------------------------------------------------------------- environment, launcher
+
+
+def test_abort_exits_with_the_code_and_flushes_the_message():
+    """DistContext.abort skips interpreter shutdown (gloo's destructor aborts on a pending
+    collective) but still delivers buffered output and the message."""
+    code = ("import sys; from simclr_xb.distributed import DistContext; print('buffered', end=''); "
+            "DistContext(rank=1, world=2, local_rank=1, backend='torch').abort(7, 'rank 1 of 2: gone'); "
+            "print('not reached')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 7, r
+    assert r.stdout == "buffered" and r.stderr.strip() == "rank 1 of 2: gone", r
+
 
 
 def test_from_env_torchrun():
