@@ -430,10 +430,11 @@ def test_nonfinite_skip_mode_stops_after_max_skips(dataset, tmp_path, monkeypatc
     assert latest_good(out).step == 4
 
 
-def _trainer(backend: str, compile_: bool = False):
+def _trainer(backend: str, compile_: bool = False, chunk: int | None = None):
     from simclr_xb.backend import get_backend
     cfg = preset("tiny").with_overrides(["model.width=0.125", "augment.image_size=8",
-                                         "train.batch_size=4", f"train.compile={str(compile_).lower()}"])
+                                         "train.batch_size=4", f"train.compile={str(compile_).lower()}"]
+                                        + ([f"loss.chunk={chunk}"] if chunk else []))
     return cfg, get_backend(backend).Trainer(cfg, 10)
 
 
@@ -450,12 +451,16 @@ def _assert_state_equal(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # NaN == NaN here
 
 
-@pytest.mark.parametrize("backend,compile_", [("torch", False), ("mlx", False), ("mlx", True)],
-                         ids=["torch", "mlx", "mlx-compiled"])
-def test_trainer_skip_nonfinite_restores_everything(backend, compile_):
+@pytest.mark.parametrize("backend,compile_,chunk", [("torch", False, None), ("mlx", False, None),
+                                                    ("mlx", True, None), ("torch", False, 3),
+                                                    ("mlx", True, 3)],
+                         ids=["torch", "mlx", "mlx-compiled", "torch-chunked", "mlx-compiled-chunked"])
+def test_trainer_skip_nonfinite_restores_everything(backend, compile_, chunk):
+    """(chunked: MLX takes the loss and dL/dz outside the compiled step, which must still see
+    the non-finite loss and keep everything.)"""
     if backend == "mlx":
         _mlx_or_skip()
-    cfg, tr = _trainer(backend, compile_)
+    cfg, tr = _trainer(backend, compile_, chunk)
     _step(cfg, tr, 0, skip_nonfinite=True)  # momenta and BN statistics become non-trivial
     good = tr.state_dict()
     bad = dict(good)
@@ -472,7 +477,7 @@ def test_trainer_skip_nonfinite_restores_everything(backend, compile_):
     assert not np.array_equal(after["encoder.conv1.weight"], good["encoder.conv1.weight"])
     assert after["encoder.bn1.num_batches_tracked"] == good["encoder.bn1.num_batches_tracked"] + 1
     # and the same step without the guard gives the same numbers
-    cfg2, ref = _trainer(backend, compile_)
+    cfg2, ref = _trainer(backend, compile_, chunk)
     ref.load_state_dict(good)
     out2 = _step(cfg2, ref, 1)
     assert out2["loss"] == pytest.approx(out["loss"], rel=1e-6, abs=1e-6)

@@ -20,6 +20,7 @@ from .head import ProjectionHead
 from .lars import LARS
 from .ntxent import nt_xent as _nt_xent
 from .ntxent import nt_xent_chunked as _nt_xent_chunked
+from .ntxent import nt_xent_chunked_value_and_grad as _nt_xent_chunked_value_and_grad
 from .resnet import ResNet, make_block
 from .step import MOMENTUM_PREFIX, Trainer
 
@@ -193,9 +194,11 @@ def nt_xent_chunked(z, tau: float, chunk: int, dtype: str = "float32") -> float:
 
 
 def nt_xent_chunked_grad(z, tau: float, chunk: int, dtype: str = "float32") -> np.ndarray:
-    """dL/dz (2N, d) of :func:`nt_xent_chunked` through its custom vjp (blocks recomputed)."""
+    """dL/dz (2N, d) of :func:`nt_xent_chunked` as the trainer takes it: eagerly, block by
+    block (:func:`.ntxent.nt_xent_chunked_value_and_grad`; the custom-vjp form gives the same
+    numbers, tests/test_mlx_backend.py)."""
     with convert.on_device(dtype):
-        return _np(mx.grad(lambda t: _nt_xent_chunked(t, tau, chunk))(_x(z, dtype)))
+        return _np(_nt_xent_chunked_value_and_grad(_x(z, dtype), tau, chunk)[1])
 
 
 # --------------------------------------------------------------------------- optimiser

@@ -68,6 +68,59 @@ def _self_mask(a: int, b: int, n2: int) -> mx.array:
     return (mx.arange(a, b)[:, None] == mx.arange(n2)[None, :])
 
 
+def _check_chunked(z: mx.array, tau: float, chunk: int) -> None:
+    if not tau > 0:
+        raise ValueError(f"NT-Xent temperature tau = {tau!r} must be > 0")
+    if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+        raise ValueError(f"nt_xent_chunked chunk must be an integer >= 1, got {chunk!r}")
+    n2 = z.shape[0]
+    if z.ndim != 2 or n2 < 2 or n2 % 2:
+        raise ValueError(f"NT-Xent expects z of shape (2N, d) with N >= 1, got {tuple(z.shape)}")
+
+
+def _block_lse(u: mx.array, tau: float, chunk: int, eager: bool) -> mx.array:
+    """(2N,) log-sum-exp over k != i of u_i.u_k / tau, ``chunk`` rows of S at a time; with
+    ``eager`` each block is evaluated before the next is built (only one block alive)."""
+    n2 = u.shape[0]
+    lse = []
+    for a in range(0, n2, chunk):
+        b = min(a + chunk, n2)
+        s = (u[a:b] @ u.T) / tau
+        s = mx.where(_self_mask(a, b, n2), mx.array(-mx.inf, dtype=s.dtype), s)
+        lse.append(logsumexp(s, axis=1))
+        if eager:
+            mx.eval(lse[-1])
+    return mx.concatenate(lse)
+
+
+def _block_grad_u(u: mx.array, lse: mx.array, tau: float, chunk: int, eager: bool) -> mx.array:
+    """dL/du (2N, d) from the per-row ``lse``: with G = (P - Y) / 2N, (G + G^T) u / tau,
+    accumulated one (chunk, 2N) block of P = exp(S - lse) (P_ii = 0) at a time."""
+    n2 = u.shape[0]
+    scale = 1.0 / (n2 * tau)
+    cols = mx.take(u, positive_index(n2), axis=0) * (-2.0 * scale)  # the -Y and -Y^T terms
+    rows = []
+    for a in range(0, n2, chunk):
+        b = min(a + chunk, n2)
+        p = exp((u[a:b] @ u.T) / tau - lse[a:b, None])
+        p = mx.where(_self_mask(a, b, n2), mx.array(0.0, dtype=p.dtype), p)
+        rows.append((p @ u) * scale)  # P_B u
+        cols = cols + (p.T @ u[a:b]) * scale  # P_B^T u_B
+        if eager:
+            mx.eval(rows[-1], cols)
+    return cols + mx.concatenate(rows)
+
+
+def _grad_z(z: mx.array, norm: mx.array, u: mx.array, du: mx.array) -> mx.array:
+    """dL/dz_i = (I - u_i u_i^T) dL/du_i / |z_i| (0 radial part for a zero row)."""
+    radial = mx.where(norm > NORM_EPS, mx.sum(u * du, axis=1, keepdims=True), 0.0)
+    return (du - u * radial) / norm
+
+
+def _positive_term(u: mx.array, tau: float) -> mx.array:
+    return mx.sum(u * mx.take(u, positive_index(u.shape[0]), axis=0), axis=1) / tau
+
+
 @lru_cache(maxsize=64)
 def _chunked(tau: float, chunk: int):
     """The custom-vjp function z -> (loss, lse) for one (tau, chunk); lse (2N,) is an output
@@ -75,39 +128,17 @@ def _chunked(tau: float, chunk: int):
 
     @mx.custom_function
     def f(z):
-        n2 = z.shape[0]
         u = z / safe_norm(z)
-        lse = []
-        for a in range(0, n2, chunk):
-            b = min(a + chunk, n2)
-            s = (u[a:b] @ u.T) / tau
-            s = mx.where(_self_mask(a, b, n2), mx.array(-mx.inf, dtype=s.dtype), s)
-            lse.append(logsumexp(s, axis=1))
-        lse = mx.concatenate(lse)
-        pos = mx.sum(u * mx.take(u, positive_index(n2), axis=0), axis=1) / tau
-        return mx.mean(lse - pos), mx.stop_gradient(lse)
+        lse = _block_lse(u, tau, chunk, eager=False)
+        return mx.mean(lse - _positive_term(u, tau)), mx.stop_gradient(lse)
 
     @f.vjp
     def f_vjp(primals, cotangents, outputs):
         z = primals[0] if isinstance(primals, (tuple, list)) else primals
-        ct = cotangents[0]
-        lse = outputs[1]
-        n2 = z.shape[0]
         norm = safe_norm(z)
         u = z / norm
-        scale = 1.0 / (n2 * tau)
-        cols = mx.take(u, positive_index(n2), axis=0) * (-2.0 * scale)  # the -Y and -Y^T terms
-        rows = []
-        for a in range(0, n2, chunk):
-            b = min(a + chunk, n2)
-            p = exp((u[a:b] @ u.T) / tau - lse[a:b, None])
-            p = mx.where(_self_mask(a, b, n2), mx.array(0.0, dtype=p.dtype), p)
-            rows.append((p @ u) * scale)  # P_B u
-            cols = cols + (p.T @ u[a:b]) * scale  # P_B^T u_B
-        du = cols + mx.concatenate(rows)
-        radial = mx.where(norm > NORM_EPS, mx.sum(u * du, axis=1, keepdims=True), 0.0)
-        dz = (du - u * radial) / norm
-        return (dz * ct,)
+        du = _block_grad_u(u, outputs[1], tau, chunk, eager=False)
+        return (_grad_z(z, norm, u, du) * cotangents[0],)
 
     return f
 
@@ -126,16 +157,34 @@ def nt_xent_chunked(z: mx.array, tau: float, chunk: int) -> mx.array:
     every block, each allocating its (chunk, 2N) buffer, before the first block has run, so
     the peak is about 1.3 (2N)^2 floats whatever ``chunk`` is: about a quarter of the exact
     loss's (~4.6 (2N)^2), not linear in N as in the torch backend. Evaluating block by block
-    would bound it, but MLX refuses ``mx.eval`` under ``mx.compile`` and, under ``mx.grad``,
-    keeps every evaluated intermediate alive for the backward (measured: worse). A linear
-    bound needs the loss gradient taken outside the transform (compute dL/dz eagerly, then
-    ``mx.vjp`` of the model with that cotangent).
+    bounds it, but MLX refuses ``mx.eval`` under ``mx.compile`` and, under ``mx.grad``, keeps
+    every evaluated intermediate alive for the backward (measured: worse); so the trainer takes
+    the loss gradient outside the transform with :func:`nt_xent_chunked_value_and_grad`
+    (linear in N) and this function serves where a transformable loss is needed.
     """
-    if not tau > 0:
-        raise ValueError(f"NT-Xent temperature tau = {tau!r} must be > 0")
-    if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"nt_xent_chunked chunk must be an integer >= 1, got {chunk!r}")
-    n2 = z.shape[0]
-    if z.ndim != 2 or n2 < 2 or n2 % 2:
-        raise ValueError(f"NT-Xent expects z of shape (2N, d) with N >= 1, got {tuple(z.shape)}")
+    _check_chunked(z, tau, chunk)
     return _chunked(float(tau), int(chunk))(z)[0]
+
+
+def nt_xent_chunked_value_and_grad(z: mx.array, tau: float, chunk: int) -> tuple[mx.array, mx.array]:
+    """(loss, dL/dz) of :func:`nt_xent_chunked`, computed EAGERLY block by block: each
+    (chunk, 2N) block is evaluated (``mx.eval``) before the next one is built, so at most one
+    block is alive and the peak memory is O(chunk * 2N + 2N * d), linear in N.
+
+    This is what the MLX trainer uses with ``loss.chunk`` (see :meth:`.step.Trainer._step_fn`:
+    the loss gradient is taken here, outside any transform, and the model's backward is the vjp
+    of z with this cotangent). It cannot run inside ``mx.grad``/``mx.compile`` (it evaluates);
+    :func:`nt_xent_chunked` is the transformable form, whose lazy graph MLX allocates all at
+    once (peak ~1.3 (2N)^2 floats, measured). Same formulas, so the two agree to rounding.
+    """
+    _check_chunked(z, tau, chunk)
+    tau, chunk = float(tau), int(chunk)
+    norm = safe_norm(z)
+    u = z / norm
+    mx.eval(u, norm)
+    lse = _block_lse(u, tau, chunk, eager=True)
+    loss = mx.mean(lse - _positive_term(u, tau))
+    du = _block_grad_u(u, lse, tau, chunk, eager=True)
+    grad = _grad_z(z, norm, u, du)
+    mx.eval(loss, grad)
+    return loss, grad

@@ -49,8 +49,8 @@ from . import convert
 from .augment import augment
 from .head import ProjectionHead
 from .lars import LARS
-from .layers import logsumexp
-from .ntxent import nt_xent, nt_xent_chunked
+from .layers import BUFFERS, BatchNorm, logsumexp
+from .ntxent import nt_xent, nt_xent_chunked, nt_xent_chunked_value_and_grad
 from .resnet import ResNet
 
 MOMENTUM_PREFIX = "momentum/"
@@ -119,13 +119,23 @@ def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = Non
 
 
 def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: float, dist=None,
-                chunk: int | None = None):
+                chunk: int | None = None, z_cotangent: mx.array | None = None,
+                loss_value: mx.array | None = None):
     """Total loss of one step on the 2N views x -> (total, (loss, probe_loss, probe_acc)).
 
     ``labels`` (2N,) int or None; without labels probe_loss and probe_acc are 0 and unused.
+    ``z_cotangent`` and ``loss_value``: dL/dz of the (global) z and the loss, computed outside
+    the transform (:func:`.ntxent.nt_xent_chunked_value_and_grad`); the contrastive term is
+    then s - stop_gradient(s) + loss_value with s = sum(z * z_cotangent): its value is
+    ``loss_value`` (exactly, s - s = 0; NaN if s is not finite) and its gradient through z is
+    ``z_cotangent`` (through the gather's vjp with ``dist``).
     """
     h, z = model(x)
-    loss = contrastive_loss(z, tau, dist, chunk)
+    if z_cotangent is None:
+        loss = contrastive_loss(z, tau, dist, chunk)
+    else:
+        s = mx.sum((dist.gather_views(z) if dist is not None else z) * z_cotangent)
+        loss = s - mx.stop_gradient(s) + loss_value
     if labels is None:
         zero = mx.zeros((), dtype=loss.dtype)
         return loss, (loss, zero, zero)
@@ -211,8 +221,8 @@ class Trainer:
             return self._steps[key]
         model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self.dist
 
-        def loss_fn(x, labels=None):
-            return simclr_loss(model, x, labels, tau, dist, self.cfg.loss.chunk)
+        def loss_fn(x, labels=None, z_cotangent=None, loss_value=None):
+            return simclr_loss(model, x, labels, tau, dist, None, z_cotangent, loss_value)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
@@ -232,18 +242,18 @@ class Trainer:
             _select_inplace(state, before, ok)
             return (ok,)
 
-        def step_probe(x, labels):
+        def step_probe(x, labels, *outside):
             self.traces += 1  # Python runs only while tracing when compiled
             before = tree_map(lambda a: a, state) if skip_nonfinite else None  # same leaves
-            (total, aux), grads = loss_and_grad(x, labels)
+            (total, aux), grads = loss_and_grad(x, labels, *outside)
             if dist is not None:
                 aux = dist.mean(aux)  # probe metrics of the global batch (the loss is global)
             return (*aux, *update(total, grads, before))
 
-        def step_ssl(x):
+        def step_ssl(x, *outside):
             self.traces += 1
             before = tree_map(lambda a: a, state) if skip_nonfinite else None
-            (total, aux), grads = loss_and_grad(x)
+            (total, aux), grads = loss_and_grad(x, None, *outside)
             grads.pop("probe", None)  # no labels: the probe takes no step at all
             return (*aux, *update(total, grads, before))
 
@@ -252,6 +262,27 @@ class Trainer:
             fn = mx.compile(fn, inputs=self._state, outputs=self._state)
         self._steps[key] = fn
         return fn
+
+    def _loss_outside(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """With ``loss.chunk``: (dL/dz of the global z, loss), taken outside any transform.
+
+        MLX allocates a lazy graph's blocks all at once, so a chunked loss inside
+        ``nn.value_and_grad`` peaks at ~1.3 (2N)^2 floats; here z is computed by a train-mode
+        forward, the loss and its gradient block by block, eagerly
+        (:func:`.ntxent.nt_xent_chunked_value_and_grad`, linear in N), and the step's own
+        forward + backward (the vjp of z with this cotangent, :func:`simclr_loss`) follows.
+        Costs one more forward. The BN buffers are put back after this forward so that the
+        step updates them once, as without chunking."""
+        bns = [(m, {k: m[k] for k in BUFFERS}) for _, m in self.model.named_modules()
+               if isinstance(m, BatchNorm)]
+        _, z = self.model(x)
+        if self.dist is not None:
+            z = self.dist.gather_views(z)
+        mx.eval(z)
+        for m, buffers in bns:
+            m.update(buffers)
+        loss, g = nt_xent_chunked_value_and_grad(z, self.cfg.loss.temperature, self.cfg.loss.chunk)
+        return g, loss
 
     @staticmethod
     def _check_images(images_u8) -> tuple[int, int, int]:
@@ -293,7 +324,8 @@ class Trainer:
             self.model.train()
             y = mx.array(np.concatenate([labels, labels]).astype(np.int32)) if with_probe else None
             step = self._step_fn(with_probe, skip_nonfinite)
-            loss, probe_loss, acc, *ok = step(x, y) if with_probe else step(x)
+            outside = self._loss_outside(x) if self.cfg.loss.chunk is not None else ()
+            loss, probe_loss, acc, *ok = step(x, y, *outside) if with_probe else step(x, *outside)
             mx.eval(loss, probe_loss, acc, *ok, self._state)
         if ok and not ok[0].item():
             return {"loss": float("nan"), "skipped": True}
