@@ -134,13 +134,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
              "versions": json.dumps(ckpt.versions or library_versions(), sort_keys=True),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     attrs["sha256"] = _digest(groups, attrs)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create the folder {path.parent} for checkpoint {path.name}: "
-                              f"{e.strerror}") from None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = value
@@ -149,6 +144,28 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
                 for name, a in d.items():
                     grp.create_dataset(name, data=a)
             f.flush()
+
+    return atomic_write(path, write, label="checkpoint ",
+                        note=" (the previous checkpoint, if any, is untouched)")
+
+
+def atomic_write(path: str | Path, write, *, error: type[Exception] | None = None, label: str = "",
+                 note: str = "") -> Path:
+    """Create ``path`` all or nothing: ``write(tmp)`` fills a temp file in the same folder,
+    which is fsynced and renamed over ``path`` (then the folder is fsynced). On any failure
+    (also KeyboardInterrupt or an error of ``write`` itself) the temp file is removed and an
+    existing ``path`` is untouched; an OSError (disk full, permissions) becomes ``error``
+    (default :class:`CheckpointError`): "could not write {label}{path}: {reason}{note}".
+    The one implementation behind checkpoints, feature files and exports."""
+    error = error or CheckpointError
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"cannot create the folder {path.parent} for {path.name}: {e.strerror}") from None
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -163,8 +180,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
             pass
         if not isinstance(e, OSError):
             raise
-        raise CheckpointError(f"could not write checkpoint {path}: {_write_error(e)} "
-                              f"(the previous checkpoint, if any, is untouched)") from None
+        raise error(f"could not write {label}{path}: {_write_error(e)}{note}") from None
     return path
 
 

@@ -30,7 +30,6 @@ that both backends load; :func:`placeholder_head` completes them into a state a 
 from __future__ import annotations
 
 import json
-import os
 import struct
 import time
 import zipfile
@@ -125,30 +124,9 @@ def metadata(cfg: Config, checkpoint: str | None = None, step: int | None = None
 
 
 def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then fsync and rename over ``path``; no temp file left on error."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create the folder {path.parent} for {path.name}: {e.strerror}") from None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise ExportError(f"could not write {path}: {e.strerror or e}") from None
-        raise
-    return path
+    """:func:`simclr_xb.checkpoint.atomic_write` raising :class:`ExportError`."""
+    from .checkpoint import atomic_write
+    return atomic_write(path, write, error=ExportError)
 
 
 # --------------------------------------------------------------------------- safetensors

@@ -16,7 +16,6 @@ rename), so a crash leaves either the old file or none.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -76,14 +75,9 @@ def extract_features(ckpt, out: str | Path, data_spec: str | None = None, split:
 
 def write_features(path: str | Path, groups: dict[str, dict[str, np.ndarray]], attrs: dict) -> Path:
     """Write ``{split: {name: array}}`` and ``attrs`` to ``path`` atomically."""
-    from .checkpoint import CheckpointError
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create the folder {path.parent} for {path.name}: {e.strerror}") from None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    from .checkpoint import atomic_write
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
@@ -92,21 +86,8 @@ def write_features(path: str | Path, groups: dict[str, dict[str, np.ndarray]], a
                 for name, a in arrays.items():
                     grp.create_dataset(name, data=a)
             f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write features to {path}: {e.strerror or e}") from None
-        raise
-    return path
+
+    return atomic_write(path, write, label="features to ")
 
 
 def load_features(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:

@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from simclr_xb.augment import ViewParams, identity_params
+from simclr_xb.augment import ViewParams
 from simclr_xb.config import AugmentConfig, ModelConfig
 from simclr_xb.finetune import FinetuneConfig, classifier_specs, excluded_flags
 from simclr_xb.resnet_spec import check_weights, feature_dim
@@ -26,7 +26,7 @@ from . import convert
 from .augment import augment
 from .lars import LARS
 from .resnet import ResNet
-from .step import cross_entropy
+from .step import cross_entropy, eval_identity_views
 
 
 class Classifier(nn.Module):
@@ -101,22 +101,14 @@ class FinetuneTrainer:
 
     def predict(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Eval-mode logits (N, C) float32 of the identity view (whole image resized)."""
-        n, H, W = _check_images(images_u8)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        images_u8 = np.asarray(images_u8)
-        out = []
-        self.model.eval()
-        try:
-            with mx.stream(self._dev):
-                for i in range(0, n, batch_size):
-                    chunk = images_u8[i:i + batch_size]
-                    x = augment(chunk, identity_params(len(chunk), (H, W)), self.aug_cfg,
-                                convert.mx_dtype(self.dtype))
-                    out.append(convert.to_numpy(self.model(x).astype(mx.float32)))
-        finally:
-            self.model.train()
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes), dtype=np.float32)
+        _check_images(images_u8)
+
+        def logits_of(chunk, params):
+            x = augment(chunk, params, self.aug_cfg, convert.mx_dtype(self.dtype))
+            return convert.to_numpy(self.model(x).astype(mx.float32))
+
+        with mx.stream(self._dev):
+            return eval_identity_views(self.model, images_u8, batch_size, self.num_classes, logits_of)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Canonical weights of the fine-tuned model (``encoder.*``, ``fc.weight``, ``fc.bias``)."""

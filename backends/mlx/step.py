@@ -163,6 +163,27 @@ def lars_excluded_tree(specs) -> dict:
     return convert.tree_from_canonical({s.name: s.lars_excluded for s in specs if s.trainable})
 
 
+def eval_identity_views(model: nn.Module, images_u8: np.ndarray, batch_size: int, out_dim: int,
+                        fn) -> np.ndarray:
+    """``fn(chunk_u8, identity_params)`` -> (b, out_dim) numpy over the images (uint8 NHWC, checked
+    by the caller), ``batch_size`` at a time, with ``model`` in eval mode (train mode after) ->
+    (N, out_dim) float32. The one loop behind :meth:`Trainer.encode` and the fine-tuning
+    ``predict``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images_u8 = np.asarray(images_u8)
+    n, H, W = images_u8.shape[:3]
+    out = []
+    model.eval()
+    try:
+        for i in range(0, n, batch_size):
+            chunk = images_u8[i:i + batch_size]
+            out.append(fn(chunk, identity_params(len(chunk), (H, W))))
+    finally:
+        model.train()
+    return np.concatenate(out) if out else np.zeros((0, out_dim), dtype=np.float32)
+
+
 class Trainer:
     """The MLX side of :mod:`simclr_xb.train` (interface in :mod:`simclr_xb.backend`).
 
@@ -337,23 +358,14 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def encode(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Eval-mode h (N, d) float32 of the identity view (whole image resized to S x S)."""
-        n, H, W = self._check_images(images_u8)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        images_u8 = np.asarray(images_u8)
-        out = []
-        self.model.eval()
-        try:
-            with mx.stream(self._dev):
-                for i in range(0, n, batch_size):
-                    chunk = images_u8[i:i + batch_size]
-                    x = augment(chunk, identity_params(len(chunk), (H, W)), self.cfg.augment,
-                                convert.mx_dtype(self.dtype))
-                    out.append(convert.to_numpy(self.model.encoder(x).astype(mx.float32)))
-        finally:
-            self.model.train()
-        d = feature_dim(self.cfg.model)
-        return np.concatenate(out) if out else np.zeros((0, d), dtype=np.float32)
+        self._check_images(images_u8)
+
+        def h_of(chunk, params):
+            x = augment(chunk, params, self.cfg.augment, convert.mx_dtype(self.dtype))
+            return convert.to_numpy(self.model.encoder(x).astype(mx.float32))
+
+        with mx.stream(self._dev):
+            return eval_identity_views(self.model, images_u8, batch_size, feature_dim(self.cfg.model), h_of)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:

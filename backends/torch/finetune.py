@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from simclr_xb.augment import ViewParams, identity_params
+from simclr_xb.augment import ViewParams
 from simclr_xb.config import AugmentConfig, ModelConfig
 from simclr_xb.finetune import FinetuneConfig, classifier_specs, excluded_flags
 from simclr_xb.resnet_spec import check_weights, feature_dim
@@ -26,7 +26,7 @@ from .convert import resolve_device, to_numpy, to_tensor
 from .lars import LARS
 from .layers import NormLayer, batch_norm
 from .resnet import ResNet
-from .step import get_weights, set_weights
+from .step import eval_identity_views, get_weights, set_weights
 
 
 class Classifier(nn.Module):
@@ -110,22 +110,10 @@ class FinetuneTrainer:
 
     def predict(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Eval-mode logits (N, C) float32 of the identity view (whole image resized)."""
-        n, H, W = _check_images(images_u8)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        was = self.model.training
-        self.model.eval()
-        out = []
-        try:
-            with torch.inference_mode(), self._autocast():
-                for i in range(0, n, batch_size):
-                    chunk = images_u8[i:i + batch_size]
-                    out.append(self.model(self._views(chunk, identity_params(len(chunk), (H, W)))).float().cpu())
-        finally:
-            self.model.train(was)
-        if not out:
-            return np.zeros((0, self.num_classes), dtype=np.float32)
-        return to_numpy(torch.cat(out), np.float32)
+        _check_images(images_u8)
+        with torch.inference_mode(), self._autocast():
+            return eval_identity_views(self.model, images_u8, batch_size, self.num_classes,
+                                       lambda chunk, params: self.model(self._views(chunk, params)))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Canonical weights of the fine-tuned model (``encoder.*``, ``fc.weight``, ``fc.bias``)."""

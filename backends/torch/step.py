@@ -131,6 +131,26 @@ def build_model(cfg: ModelConfig, weights: dict[str, np.ndarray], num_classes: i
 # --------------------------------------------------------------------------- the trainer
 
 
+def eval_identity_views(model: nn.Module, images_u8, batch_size: int, out_dim: int, fn) -> np.ndarray:
+    """``fn(chunk_u8, identity_params)`` -> (b, out_dim) tensor over the images (uint8 NHWC,
+    checked by the caller), ``batch_size`` at a time, with ``model`` in eval mode (its mode
+    restored after) -> (N, out_dim) float32 numpy. The one loop behind :meth:`Trainer.encode`
+    and the fine-tuning ``predict``; the caller sets inference mode and autocast."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n, H, W = tuple(np.shape(images_u8))[:3]
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, n, batch_size):
+            chunk = images_u8[i:i + batch_size]
+            out.append(fn(chunk, identity_params(len(chunk), (H, W))).float().cpu())
+    finally:
+        model.train(was)
+    return torch.cat(out).numpy() if out else np.zeros((0, out_dim), dtype=np.float32)
+
+
 class Trainer:
     """SimCLR pre-training state on one device: model, LARS, and the step (see module doc).
 
@@ -331,20 +351,10 @@ class Trainer:
     def encode(self, images_u8, batch_size: int = 256) -> np.ndarray:
         """Eval-mode representation h of the identity view (whole image resized to
         cfg.augment.image_size) of uint8 NHWC images -> (N, feature_dim) float32 numpy."""
-        n, H, W = self._check_images(images_u8)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        was_training = self.model.training
-        self.model.eval()
-        out = []
-        try:
-            with torch.inference_mode(), self._autocast():
-                for i in range(0, n, batch_size):
-                    chunk = to_tensor(images_u8[i:i + batch_size], self._device)
-                    x = self._views(chunk, identity_params(len(chunk), (H, W)), None)
-                    out.append(self.model.encoder(x).float().cpu())
-        finally:
-            self.model.train(was_training)
-        if not out:
-            return np.zeros((0, feature_dim(self.cfg.model)), dtype=np.float32)
-        return torch.cat(out).numpy()
+        self._check_images(images_u8)
+
+        def h_of(chunk, params):
+            return self.model.encoder(self._views(to_tensor(chunk, self._device), params, None))
+
+        with torch.inference_mode(), self._autocast():
+            return eval_identity_views(self.model, images_u8, batch_size, feature_dim(self.cfg.model), h_of)

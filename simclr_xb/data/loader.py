@@ -52,7 +52,26 @@ class _Failure:
         self.exc = exc
 
 
-class BatchLoader:
+class _Closes:
+    """Context manager and finaliser around ``close()`` (which must be idempotent)."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+
+class BatchLoader(_Closes):
     """Batches of ``(images, labels, indices)``; see the module docstring for the order rules.
 
     data: a :class:`Dataset`, or an images array (then ``labels`` is required).
@@ -146,18 +165,6 @@ class BatchLoader:
         for it in list(self._active):
             it.close()
 
-    def __enter__(self) -> "BatchLoader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finaliser
-            pass
-
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     while not stop.is_set():
@@ -184,7 +191,7 @@ def _work(make, epoch: int, perm: np.ndarray, steps: range, q: queue.Queue, stop
             return
 
 
-class _EpochIterator:
+class _EpochIterator(_Closes):
     """In-order batches of one epoch; of k workers, worker w builds steps start + w, start + w + k, ..."""
 
     def __init__(self, loader: BatchLoader, epoch: int, start: int):
@@ -243,15 +250,3 @@ class _EpochIterator:
             if t is not threading.current_thread():
                 t.join()
         self.threads = []
-
-    def __enter__(self) -> "_EpochIterator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finaliser
-            pass
