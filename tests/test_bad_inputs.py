@@ -40,19 +40,7 @@ def failed_with(r, *parts: str) -> str:
     return r.output
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: a 2-core machine shared with other test processes is oversubscribed
-    otherwise (a 16 px forward then takes seconds)."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

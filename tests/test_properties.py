@@ -14,18 +14,7 @@ from simclr_xb.augment import sample_pair, sample_view_params, view_rng
 from simclr_xb.config import AugmentConfig, ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread (a shared 2-core machine is oversubscribed otherwise)."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _range(lo_min: float, hi_max: float):

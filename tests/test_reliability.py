@@ -160,19 +160,7 @@ def reference(shapes64, tmp_path_factory):
         ref.proc.communicate()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """In-process torch runs on one thread: bitwise repeatable, and no oversubscription of a
-    machine that other test processes share."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- crash safety

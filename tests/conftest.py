@@ -1,0 +1,21 @@
+"""Fixtures shared by the test modules."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for the module, restored afterwards: tiny tensors gain nothing
+    from threads, in-process runs become bitwise repeatable, and on a 2-core machine shared with
+    other test processes an OpenMP barrier waiting for a descheduled worker makes each op up to
+    ~10x slower. A no-op without torch."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
