@@ -112,7 +112,8 @@ class LossConfig:
     temperature: float = 0.1  # tau: 0.1 at batch 4096 on ImageNet, 0.5 for CIFAR-10
     # None: the exact NT-Xent with its (2N, 2N) similarity matrix. An integer: the same loss
     # and gradient computed `chunk` rows at a time (nt_xent_chunked), so the loss's memory
-    # grows linearly in N instead of quadratically (for large batches; slightly slower).
+    # grows linearly in N instead of quadratically (for large batches; slightly slower; on MLX
+    # one extra forward per step, as the loss gradient is taken outside the compiled step).
     chunk: int | None = None
 
     def validate(self) -> None:
