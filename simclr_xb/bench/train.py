@@ -106,13 +106,18 @@ def _torch_rows(arch: str, model, aug, batch: int, images, steps: int, repeats: 
         tr = Trainer(cfg, None, device="cpu")
         batches, params = _batches(images, cfg)
 
-        t = _time_interleaved({"e2e": _torch_e2e_step(tr, batches, params),
-                               "model": _torch_model_step(tr, batches, params)}, steps, repeats)
+        p1, p2 = params(0)
+        n = len(batches[0])
+        with torch.no_grad():
+            x = tr._views(torch.from_numpy(batches[0]), type(p1).concat([p1, p2]),
+                          np.concatenate([np.arange(n)] * 2)).clone()
+        t = _time_interleaved({"e2e": _e2e_step(tr, batches, params),
+                               "model": _model_step(tr, batches, params, "_views", x)}, steps, repeats)
         rows += _pair_rows(arch, "torch", pname, cfg, t["e2e"], t["model"], log)
     return rows
 
 
-def _torch_e2e_step(tr, batches, params):
+def _e2e_step(tr, batches, params):
     """The real step: view parameters drawn per step, batched augmentation inside."""
     def e2e(k):
         p1, p2 = params(k)
@@ -120,22 +125,18 @@ def _torch_e2e_step(tr, batches, params):
     return e2e
 
 
-def _torch_model_step(tr, batches, params):
-    """The same step on views made once (the views stay fixed, the weights move)."""
-    import torch
+def _model_step(tr, batches, params, views_attr: str, x):
+    """The same step on views ``x`` made once (the trainer's ``views_attr`` method, which makes
+    the views, returns ``x`` during the step): the views stay fixed, the weights move."""
     p1, p2 = params(0)
-    n = len(batches[0])
-    with torch.no_grad():
-        x = tr._views(torch.from_numpy(batches[0]), type(p1).concat([p1, p2]),
-                      np.concatenate([np.arange(n)] * 2)).clone()
 
     def model(k):
-        real_views = tr._views
-        tr._views = lambda *a, **kw: x
+        real = getattr(tr, views_attr)
+        setattr(tr, views_attr, lambda *a, **kw: x)
         try:
             tr.train_step(batches[0], None, p1, p2, 0.1)
         finally:
-            tr._views = real_views
+            setattr(tr, views_attr, real)
     return model
 
 
@@ -147,21 +148,11 @@ def _mlx_rows(arch: str, model, aug, batch: int, images, steps: int, repeats: in
     tr = Trainer(cfg, None, device="cpu")
     batches, params = _batches(images, cfg)
 
-    def e2e(k):
-        p1, p2 = params(k)
-        tr.train_step(batches[k % len(batches)], None, p1, p2, 0.1)
     p1, p2 = params(0)
     x = tr.augment_pair(batches[0], p1, p2)
     mx.eval(x)
-
-    def model(k):
-        real = tr.augment_pair
-        tr.augment_pair = lambda *a, **kw: x
-        try:
-            tr.train_step(batches[0], None, p1, p2, 0.1)
-        finally:
-            tr.augment_pair = real
-    t = _time_interleaved({"e2e": e2e, "model": model}, steps, repeats)
+    t = _time_interleaved({"e2e": _e2e_step(tr, batches, params),
+                           "model": _model_step(tr, batches, params, "augment_pair", x)}, steps, repeats)
     return _pair_rows(arch, "mlx", "float32", cfg, t["e2e"], t["model"], log)
 
 
@@ -211,7 +202,7 @@ def _usual_row(arch: str, model, aug, batch: int, images, steps: int, repeats: i
     ours_cfg = _config(model, aug, batch, precision, cl)
     ours = Trainer(ours_cfg, None, device="cpu")
     batches, ours_params = _batches(images, ours_cfg)
-    timed = _time_interleaved({"usual": step, "ours": _torch_e2e_step(ours, batches, ours_params)},
+    timed = _time_interleaved({"usual": step, "ours": _e2e_step(ours, batches, ours_params)},
                               steps, repeats)
     t = timed["usual"]
     del it, loader
