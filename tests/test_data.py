@@ -10,7 +10,6 @@ import struct
 import threading
 import time
 import urllib.error
-import warnings
 from pathlib import Path
 
 import h5py

@@ -12,7 +12,8 @@ large margin. Also: the gather's backward in numbers, the loop (``train(dist=...
 on every rank from rank 0's checkpoint, a stuck rank failing the job (no hang), the
 environment parsing, and ``simclr-xb train --nproc 2`` end to end.
 
-Measured differences (2 CPU cores, torch 2.13, float64) are in MEASURED below.
+The setting, the comparison and the measured differences (2 CPU cores, float64) are in
+tests/dist_cases.py, shared with the other backend's test.
 """
 from __future__ import annotations
 
@@ -27,79 +28,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simclr_xb.augment import ViewParams, sample_pair
-from simclr_xb.config import AugmentConfig, Config, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from simclr_xb.distributed import DistContext, DistributedError, free_ports, from_env, launch_argv
+
+from dist_cases import (HW, LRS, MIN_BROKEN, NEG_STEPS, STEPS, TIMEOUT_S, TOL_EQUAL, WORLD,
+                        diffs, make_cfg, rank_batch, rel_err)
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
-STEPS = 3
-NEG_STEPS = 1  # the negative controls break at the first step already
-N_GLOBAL, WORLD, HW = 8, 2, (20, 20)
-LRS = (0.5, 0.4, 0.3)
-TIMEOUT_S = 240  # generous: 2 shared CPU cores
-
-# Measured when written (largest difference vs the 1-process run over all steps and entries,
-# |ours - ref| / max(1, |ref|)):
-#   equivalence:           loss 7.5e-14, gradients 8.6e-12, state after 3 steps 3.4e-12 -> <= 1e-9
-#   local-gradient gather: step-0 loss equal, step-0 gradients exactly 0.5x (ratio 0.49999999999997);
-#                          over 3 steps: loss 9.5e-2, gradients 1.4e0, state 8.0e-1    -> >= MIN_BROKEN
-#   per-rank BN:           loss 1.0e-1, gradients 1.8e0, state 1.7e0                   -> >= MIN_BROKEN
-# (float64 rounding grows over the 3 steps: step-0 differences are ~1e-14.)
-TOL_EQUAL = 1e-9
-MIN_BROKEN = {"grad": 1e-2, "loss": 1e-3, "state": 1e-3}
-
-CFG = Config(model=ModelConfig(arch="resnet18", width=0.125, cifar_stem=True, head_out=16),
-             augment=AugmentConfig(image_size=16, strength=0.5, blur_p=0.5),
-             loss=LossConfig(temperature=0.5), optim=OptimConfig(lr_scaling="sqrt"),
-             train=TrainConfig(batch_size=N_GLOBAL, seed=5, precision="float64", channels_last=False))
-
-
-def batch(step: int):
-    """The global batch of ``step``: 8 images, labels, and per-rank view parameters."""
-    rng = np.random.default_rng(100 + step)
-    images = rng.integers(0, 256, (N_GLOBAL, *HW, 3), dtype=np.uint8)
-    labels = rng.integers(0, 3, N_GLOBAL)
-    per = N_GLOBAL // WORLD
-    views = [sample_pair(CFG.augment, per, HW, CFG.train.seed, 0, step, rank=r) for r in range(WORLD)]
-    return images, labels, views
+CFG = make_cfg(channels_last=False)
 
 
 def run_steps(trainer, rank: int, world: int, steps: int = STEPS) -> dict[str, np.ndarray]:
     """``steps`` training steps of ``trainer`` on its slice; loss, metrics, gradients, final state."""
     out = {}
     for s in range(steps):
-        images, labels, views = batch(s)
-        if world == 1:
-            p1 = ViewParams.concat([v[0] for v in views])
-            p2 = ViewParams.concat([v[1] for v in views])
-            sl = slice(None)
-        else:
-            p1, p2 = views[rank]
-            per = N_GLOBAL // world
-            sl = slice(rank * per, (rank + 1) * per)
-        m = trainer.train_step(images[sl], labels[sl], p1, p2, LRS[s])
+        images, labels, p1, p2 = rank_batch(s, CFG, rank, world)
+        m = trainer.train_step(images, labels, p1, p2, LRS[s])
         for k, v in m.items():
             out[f"{k}/{s}"] = np.float64(v)
         for name, p in trainer.model.named_parameters():
             out[f"grad/{s}/{name}"] = p.grad.detach().cpu().numpy().astype(np.float64)
     for k, v in trainer.state_dict().items():
         out[f"state/{k}"] = np.asarray(v)
-    return out
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b))))) if a.size else 0.0
-
-
-def diffs(ours: dict, ref: dict) -> dict[str, float]:
-    """Largest difference per kind of entry: loss (with probe metrics), grad, state."""
-    assert set(ours) == set(ref), sorted(set(ours) ^ set(ref))[:5]
-    out = {"loss": 0.0, "grad": 0.0, "state": 0.0}
-    for k in ref:
-        kind = "grad" if k.startswith("grad/") else "state" if k.startswith("state/") else "loss"
-        out[kind] = max(out[kind], rel_err(ours[k], ref[k]))
     return out
 
 

@@ -8,7 +8,8 @@ BN buffer and momentum afterwards. Negative controls in the same processes: MLX'
 ``all_gather`` (whose vjp keeps only the local cotangent slice) for the negatives, and per-rank
 BN. Skipped with the reason when mlx or mlx.launch is missing or the ring cannot start.
 
-Measured differences (2 CPU cores, mlx 0.32.4, float64) are in MEASURED below.
+The setting, the comparison and the measured differences (2 CPU cores, float64) are in
+tests/dist_cases.py, shared with the other backend's test.
 """
 from __future__ import annotations
 
@@ -22,41 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simclr_xb.augment import ViewParams, sample_pair
-from simclr_xb.config import AugmentConfig, Config, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from simclr_xb.distributed import DistributedError, free_ports, from_env, mlx_launcher
 
+from dist_cases import (LRS, MIN_BROKEN, NEG_STEPS, STEPS, TIMEOUT_S, TOL_EQUAL, WORLD,
+                        diffs, make_cfg, rank_batch)
+
 HERE = Path(__file__).resolve()
-STEPS = 3
-NEG_STEPS = 1  # the negative controls break at the first step already
-N_GLOBAL, WORLD, HW = 8, 2, (20, 20)
-LRS = (0.5, 0.4, 0.3)
-TIMEOUT_S = 240  # generous: 2 shared CPU cores
-
-# Measured when written (largest difference vs the 1-process run over all steps and entries,
-# |ours - ref| / max(1, |ref|)):
-#   equivalence:                 loss 1.3e-13, gradients 1.1e-11, state 4.2e-12    -> <= 1e-9
-#   MLX's all_gather as it is:   step-0 loss equal, step-0 gradients exactly 0.5x;
-#                                over 3 steps: loss 9.5e-2, gradients 1.4e0, state 8.0e-1
-#   per-rank BN:                 loss 1.0e-1, gradients 1.8e0, state 1.7e0
-# (the same numbers as the torch backend's test: both compute the same SimCLR)
-TOL_EQUAL = 1e-9
-MIN_BROKEN = {"grad": 1e-2, "loss": 1e-3, "state": 1e-3}
-
-CFG = Config(model=ModelConfig(arch="resnet18", width=0.125, cifar_stem=True, head_out=16),
-             augment=AugmentConfig(image_size=16, strength=0.5, blur_p=0.5),
-             loss=LossConfig(temperature=0.5), optim=OptimConfig(lr_scaling="sqrt"),
-             train=TrainConfig(batch_size=N_GLOBAL, seed=5, precision="float64"))
-
-
-def batch(step: int):
-    """The global batch of ``step``: 8 images, labels, and per-rank view parameters."""
-    rng = np.random.default_rng(100 + step)
-    images = rng.integers(0, 256, (N_GLOBAL, *HW, 3), dtype=np.uint8)
-    labels = rng.integers(0, 3, N_GLOBAL)
-    per = N_GLOBAL // WORLD
-    views = [sample_pair(CFG.augment, per, HW, CFG.train.seed, 0, step, rank=r) for r in range(WORLD)]
-    return images, labels, views
+CFG = make_cfg()
 
 
 def run_steps(trainer, rank: int, world: int, steps: int = STEPS) -> dict[str, np.ndarray]:
@@ -73,36 +46,14 @@ def run_steps(trainer, rank: int, world: int, steps: int = STEPS) -> dict[str, n
     trainer.optimizer.update = recording_update  # the step is not compiled: Python sees grads
     out = {}
     for s in range(steps):
-        images, labels, views = batch(s)
-        if world == 1:
-            p1 = ViewParams.concat([v[0] for v in views])
-            p2 = ViewParams.concat([v[1] for v in views])
-            sl = slice(None)
-        else:
-            p1, p2 = views[rank]
-            per = N_GLOBAL // world
-            sl = slice(rank * per, (rank + 1) * per)
-        m = trainer.train_step(images[sl], labels[sl], p1, p2, LRS[s])
+        images, labels, p1, p2 = rank_batch(s, CFG, rank, world)
+        m = trainer.train_step(images, labels, p1, p2, LRS[s])
         for k, v in m.items():
             out[f"{k}/{s}"] = np.float64(v)
         for name, g in tree_flatten(seen.pop()):
             out[f"grad/{s}/{name}"] = np.array(g, dtype=np.float64)
     for k, v in trainer.state_dict().items():
         out[f"state/{k}"] = np.asarray(v)
-    return out
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b))))) if a.size else 0.0
-
-
-def diffs(ours: dict, ref: dict) -> dict[str, float]:
-    assert set(ours) == set(ref), sorted(set(ours) ^ set(ref))[:5]
-    out = {"loss": 0.0, "grad": 0.0, "state": 0.0}
-    for k in ref:
-        kind = "grad" if k.startswith("grad/") else "state" if k.startswith("state/") else "loss"
-        out[kind] = max(out[kind], rel_err(ours[k], ref[k]))
     return out
 
 
