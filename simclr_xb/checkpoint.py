@@ -162,7 +162,7 @@ def atomic_write(path: str | Path, write, *, error: type[Exception] | None = Non
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise error(f"cannot create the folder {path.parent} for {path.name}: {e.strerror}") from None
+        raise error(f"cannot create the folder {path.parent} for {label}{path.name}: {e.strerror}") from None
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)

@@ -118,8 +118,11 @@ class DistContext:
         exception"; seen with torch 2.13 in about half of the runs), which turns a clear error
         into a crash with the wrong exit status. Flushes stdout/stderr first; skips the rest.
         """
-        if message:
-            print(message, file=sys.stderr)
+        try:
+            if message:
+                print(message, file=sys.stderr)
+        except (OSError, ValueError):  # a closed or broken stderr must not stop the exit
+            pass
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

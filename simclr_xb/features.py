@@ -87,7 +87,7 @@ def write_features(path: str | Path, groups: dict[str, dict[str, np.ndarray]], a
                     grp.create_dataset(name, data=a)
             f.flush()
 
-    return atomic_write(path, write, label="features to ")
+    return atomic_write(path, write, label="feature file ")
 
 
 def load_features(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:

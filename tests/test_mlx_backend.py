@@ -717,3 +717,25 @@ def test_chunked_step_equals_exact_step_float64(labels):
     assert int(sb["encoder.bn1.num_batches_tracked"]) == 1
     for k in sa:
         assert max_err(sa[k], sb[k]) <= 1e-11 * max(1.0, np.abs(sa[k]).max()), k
+
+
+def test_chunked_extra_forward_failure_leaves_the_bn_buffers(monkeypatch):
+    """If the extra forward of loss.chunk fails (e.g. out of memory), the BN buffers it replaced
+    are put back: the trainer stays usable and its state is what it was."""
+    cfg = tiny_cfg()
+    t = api.Trainer(replace(cfg, loss=replace(cfg.loss, chunk=3)), num_classes=3)
+    u8, y, p1, p2 = batch()
+    t.train_step(u8, y, p1, p2, 0.5)
+    before = t.state_dict()
+
+    def out_of_memory(*a, **k):
+        raise MemoryError("simulated")
+    monkeypatch.setattr(mx, "eval", out_of_memory)
+    with pytest.raises(MemoryError):
+        t.train_step(u8, y, p1, p2, 0.5)
+    monkeypatch.undo()
+    after = t.state_dict()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert "loss" in t.train_step(u8, y, p1, p2, 0.5)
+    assert int(t.state_dict()["encoder.bn1.num_batches_tracked"]) == 2

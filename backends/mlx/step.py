@@ -296,12 +296,14 @@ class Trainer:
         step updates them once, as without chunking."""
         bns = [(m, {k: m[k] for k in BUFFERS}) for _, m in self.model.named_modules()
                if isinstance(m, BatchNorm)]
-        _, z = self.model(x)
-        if self.dist is not None:
-            z = self.dist.gather_views(z)
-        mx.eval(z)
-        for m, buffers in bns:
-            m.update(buffers)
+        try:
+            _, z = self.model(x)
+            if self.dist is not None:
+                z = self.dist.gather_views(z)
+            mx.eval(z)
+        finally:  # also when the forward fails (e.g. out of memory): the trainer stays usable
+            for m, buffers in bns:
+                m.update(buffers)
         loss, g = nt_xent_chunked_value_and_grad(z, self.cfg.loss.temperature, self.cfg.loss.chunk)
         return g, loss
 

@@ -68,15 +68,19 @@ def _config(model: ModelConfig, aug: AugmentConfig, batch: int, precision: str, 
                   ).validate()
 
 
-def _time_interleaved(fns: dict, steps: int, repeats: int, warmup: int = 1) -> dict[str, Timing]:
+def _time_interleaved(fns: dict, steps: int, repeats: int, warmup: int = 1,
+                      before: dict | None = None) -> dict[str, Timing]:
     """Seconds per step of each ``fns[name](k)``: ``repeats`` rounds, each timing ``steps``
     consecutive steps of every function in turn (after ``warmup`` untimed rounds). Round-robin,
     so that a change of the machine's load during the run (other users of a shared machine)
-    falls on all of them alike and the ratios between them stay fair."""
+    falls on all of them alike and the ratios between them stay fair. ``before[name]()``, if
+    given, runs untimed before each of that function's runs."""
     k = {name: 0 for name in fns}
     runs: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(warmup + repeats):
         for name, step in fns.items():
+            if before and name in before:
+                before[name]()
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(k[name])
@@ -175,7 +179,15 @@ def _usual_row(arch: str, model, aug, batch: int, images, steps: int, repeats: i
                best: str) -> dict:
     """Pillow DataLoader (per-image views, ``workers`` processes) + eager float32 NCHW step,
     timed round-robin with the batched end-to-end step at precision ``best`` (the comparison
-    of the target, ``vs_best_*`` in the row)."""
+    of the target, ``vs_best_*`` in the row).
+
+    The DataLoader's workers run ahead (``lead`` = 2 batches per worker queued); left running
+    between rounds they would fill that queue while the other side is timed, taking its cores
+    and handing the usual side ready-made batches. So each usual run starts a fresh pass over
+    exactly ``lead + run_steps`` batches (persistent workers: the same processes), takes the
+    first ``lead`` untimed (the pipeline is then full and the workers busy, its steady state),
+    times ``run_steps`` >= 2 ``lead`` steps, and ends with the sampler exhausted and the workers
+    idle before the other side runs."""
     import torch
 
     from simclr_xb.backends.torch.api import Trainer
@@ -184,34 +196,41 @@ def _usual_row(arch: str, model, aug, batch: int, images, steps: int, repeats: i
     cfg = _config(model, aug, batch, "float32", False)
     tr = Trainer(cfg, None, device="cpu")
     side = images.shape[1]
-    total = batch * (steps * (repeats + 1) + 2)
+    lead = 2 * workers
+    run_steps = max(steps, 2 * lead)
+    total = batch * (lead + run_steps)
     imgs = np.concatenate([images] * (-(-total // len(images))))[:total]
     params = [sample_pair(cfg.augment, batch, (side, side), seed=0, epoch=0, step=k)
               for k in range(total // batch)]
     loader = pillow_loader(imgs, params, batch, aug.image_size, workers)
-    it = iter(loader)
     current = {}
     tr._views = lambda *a, **kw: current["x"]
 
+    def fresh_pass():
+        current["it"] = iter(loader)
+        for _ in range(lead):
+            next(current["it"])
+
     def step(k):
-        x1, x2 = next(it)
+        x1, x2 = next(current["it"])
         current["x"] = torch.cat([x1, x2])
-        p1, p2 = params[k]
-        tr.train_step(imgs[k * batch:(k + 1) * batch], None, p1, p2, 0.1)
+        p1, p2 = params[lead + k % run_steps]
+        tr.train_step(imgs[:batch], None, p1, p2, 0.1)
     precision, cl = TORCH_PRECISIONS[best]
     ours_cfg = _config(model, aug, batch, precision, cl)
     ours = Trainer(ours_cfg, None, device="cpu")
     batches, ours_params = _batches(images, ours_cfg)
     timed = _time_interleaved({"usual": step, "ours": _e2e_step(ours, batches, ours_params)},
-                              steps, repeats)
+                              run_steps, repeats, before={"usual": fresh_pass})
     t = timed["usual"]
-    del it, loader
+    current.clear()
+    del loader
     n, S = batch, aug.image_size
     flops = step_flops(cfg.model, S, n)
     row = {"arch": arch, "backend": "torch", "precision": "float32", "mode": "usual", "batch": n,
            "image_size": S, "workers": workers, "step_gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / t.median,
            "images_per_s": n / t.median, **t.to_dict(), **rate(n, t),
-           "vs_best_precision": best, "vs_best_images_per_s": n / timed["ours"].median,
+           "steps_per_run": run_steps, "lead_batches_untimed": lead, "vs_best_precision": best, "vs_best_images_per_s": n / timed["ours"].median,
            "vs_best_runs_s": timed["ours"].runs}
     log(f"train {arch} usual loop (Pillow DataLoader, {workers} workers, eager float32): "
         f"{row['images_per_s']:7.1f} img/s; batched {best} end to end in the same rounds: "
