@@ -235,7 +235,13 @@ def export_encoder(weights: dict[str, np.ndarray], cfg: Config, fmt: str, out: s
             raise BackendUnavailable("the torchvision export format needs torch: pip install "
                                      "'simclr-xb[torch]' (or export --format safetensors / npz)") from None
         tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-        _atomic_write(out, lambda tmp: torch.save(tensors, tmp))
+
+        def save(tmp: Path) -> None:
+            try:
+                torch.save(tensors, tmp)
+            except RuntimeError as e:  # torch reports a failed write (e.g. disk full) this way
+                raise OSError(f"torch.save failed: {e}") from e
+        _atomic_write(out, save)
         side = dict(meta, torchvision_notes=" | ".join(notes) or
                     f"loads into torchvision.models.{cfg.model.arch}(); strict=False misses only "
                     f"fc.weight and fc.bias")

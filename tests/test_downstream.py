@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -495,6 +496,24 @@ def test_export_errors_are_named(ckpt_path, tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"abc")
     with pytest.raises(ValueError, match="junk.bin"):
         load_exported(tmp_path / "junk.bin")
+
+
+def test_export_torchvision_failed_write_is_a_named_error(ckpt_path, tmp_path, monkeypatch):
+    """torch.save reports a failed write (disk full) as RuntimeError: the export turns it into a
+    clean error naming the file, and leaves no temp file and no partial export behind."""
+    torch = _torch()
+
+    def full_disk(obj, f, *a, **k):
+        Path(f).write_bytes(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed "
+                           "writing file data/0: file write failed")
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "exp" / "enc.pt"
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(ckpt_path), "--format", "torchvision",
+                                  "--out", str(out)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.exception, r.output)
+    assert f"could not write {out}" in r.output and "PytorchStreamWriter failed" in r.output, r.output
+    assert list((tmp_path / "exp").iterdir()) == []
 
 
 def test_new_commands_have_help_without_importing_frameworks():
