@@ -112,15 +112,17 @@ def cross_entropy(logits: mx.array, labels: mx.array) -> mx.array:
 def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = None) -> mx.array:
     """The SimCLR loss on this process's z (2N, d). With ``dist`` (a
     :class:`.distributed.DataParallel`) it is the loss of the GLOBAL batch: z of every rank
-    gathered as [all view 1; all view 2], with a gather whose vjp sums across ranks."""
+    gathered as [all view 1; all view 2], with a gather whose vjp sums across ranks.
+    ``chunk`` selects the transformable chunked form (:func:`.ntxent.nt_xent_chunked`, usable
+    under ``mx.grad``); the Trainer's ``loss.chunk`` takes the linear-memory route instead
+    (:meth:`Trainer._loss_outside` and ``z_cotangent`` of :func:`simclr_loss`)."""
     if dist is not None:
         z = dist.gather_views(z)  # global negatives
     return nt_xent(z, tau) if chunk is None else nt_xent_chunked(z, tau, chunk)  # loss.chunk
 
 
 def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: float, dist=None,
-                chunk: int | None = None, z_cotangent: mx.array | None = None,
-                loss_value: mx.array | None = None):
+                z_cotangent: mx.array | None = None, loss_value: mx.array | None = None):
     """Total loss of one step on the 2N views x -> (total, (loss, probe_loss, probe_acc)).
 
     ``labels`` (2N,) int or None; without labels probe_loss and probe_acc are 0 and unused.
@@ -132,7 +134,7 @@ def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: f
     """
     h, z = model(x)
     if z_cotangent is None:
-        loss = contrastive_loss(z, tau, dist, chunk)
+        loss = contrastive_loss(z, tau, dist)
     else:
         s = mx.sum((dist.gather_views(z) if dist is not None else z) * z_cotangent)
         loss = s - mx.stop_gradient(s) + loss_value
@@ -243,7 +245,7 @@ class Trainer:
         model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self.dist
 
         def loss_fn(x, labels=None, z_cotangent=None, loss_value=None):
-            return simclr_loss(model, x, labels, tau, dist, None, z_cotangent, loss_value)
+            return simclr_loss(model, x, labels, tau, dist, z_cotangent, loss_value)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
