@@ -69,7 +69,7 @@ def implementations(backends: list[str], with_oracle: bool = True,
     impls: dict[str, Caller] = {}
     skipped: dict[str, str] = {}
     if with_oracle:
-        impls[ORACLE] = lambda fn, *args, dtype: getattr(reference, fn)(*_to64(args))
+        impls[ORACLE] = lambda fn, *args, dtype, **kw: getattr(reference, fn)(*_to64(args), **kw)
     for name in backends:
         if override and name in override:
             impls[name] = override[name]
@@ -79,7 +79,7 @@ def implementations(backends: list[str], with_oracle: bool = True,
         except BackendUnavailable as e:
             skipped[name] = str(e.__cause__ or e)
             continue
-        impls[name] = (lambda api: lambda fn, *args, dtype: getattr(api, fn)(*args, dtype=dtype))(api)
+        impls[name] = (lambda api: lambda fn, *args, dtype, **kw: getattr(api, fn)(*args, dtype=dtype, **kw))(api)
     return impls, skipped
 
 
@@ -152,7 +152,7 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
         t0 = time.perf_counter()
         try:
             args = case.make(np.random.default_rng(case.seed), dtype)
-            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype))(call)
+            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype, **case.kwargs))(call)
             outputs[name] = bound(case.fn, *args) if isinstance(case.fn, str) else case.fn(bound, *args)
         except Exception as e:  # noqa: BLE001
             errors[name] = f"{type(e).__name__}: {e}"

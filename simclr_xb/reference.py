@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewParams
-from .config import AugmentConfig, Config, ModelConfig, OptimConfig
+from .config import AugmentConfig, Config, ModelConfig, OptimConfig, loss_scale
 from .recipe import GRAY_WEIGHTS as RECIPE_GRAY_WEIGHTS
 from .recipe import bicubic_taps, check_recipe
 from .resnet_spec import BlockSpec, encoder_layout, head_dims, model_specs
@@ -356,8 +356,12 @@ def _safe_norm(z: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum((z * z).sum(axis=1, keepdims=True), NORM_EPS ** 2))
 
 
-def nt_xent(z: np.ndarray, tau: float) -> float:
+def nt_xent(z: np.ndarray, tau: float, reduction: str = "mean") -> float:
     """NT-Xent (SimCLR eq. 1), mean over the 2N ordered positive pairs.
+
+    ``reduction`` "tf2" returns the official objective.py's value instead: the two directions'
+    losses summed per image and averaged over the N images, exactly 2x the mean
+    (:func:`simclr_xb.config.loss_scale`).
 
     l(i, j) = -log( exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau) ),
     sim(u, v) = u.v / (|u| |v|). z: (2N, d), positive of i is (i + N) mod 2N.
@@ -371,15 +375,16 @@ def nt_xent(z: np.ndarray, tau: float) -> float:
     m = s.max(axis=1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(s - m).sum(axis=1))
     pos = s[np.arange(len(z)), positive_index(len(z))]
-    return float(np.mean(lse - pos))
+    return float(loss_scale(reduction) * np.mean(lse - pos))
 
 
-def nt_xent_grad(z: np.ndarray, tau: float) -> np.ndarray:
+def nt_xent_grad(z: np.ndarray, tau: float, reduction: str = "mean") -> np.ndarray:
     """Analytic dL/dz of :func:`nt_xent`, (2N, d).
 
     With u = z/|z|, s = u u^T / tau, P = softmax over k != i, Y = one-hot positives:
     G = (P - Y) / 2N, dL/du = (G + G^T) u / tau, dL/dz_i = (I - u_i u_i^T) dL/du_i / |z_i|;
     for a row with |z_i| < NORM_EPS (u_i = z_i / NORM_EPS) it is dL/du_i / NORM_EPS.
+    ``reduction`` "tf2" doubles it (G = (P - Y) / N).
     """
     n2 = len(z)
     norm = _safe_norm(z)
@@ -389,21 +394,21 @@ def nt_xent_grad(z: np.ndarray, tau: float) -> np.ndarray:
     p = np.exp(s - s.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     p[np.arange(n2), positive_index(n2)] -= 1.0
-    g = p / n2
+    g = p * (loss_scale(reduction) / n2)
     du = (g + g.T) @ u / tau
     radial = np.where(norm > NORM_EPS, (u * du).sum(axis=1, keepdims=True), 0.0)
     return (du - u * radial) / norm
 
 
-def nt_xent_chunked(z: np.ndarray, tau: float, chunk: int) -> float:
+def nt_xent_chunked(z: np.ndarray, tau: float, chunk: int, reduction: str = "mean") -> float:
     """The oracle of the backends' chunked NT-Xent: the EXACT :func:`nt_xent`. Chunking only
     changes the summation order and the memory, never the value; ``chunk`` is ignored here."""
-    return nt_xent(z, tau)
+    return nt_xent(z, tau, reduction)
 
 
-def nt_xent_chunked_grad(z: np.ndarray, tau: float, chunk: int) -> np.ndarray:
+def nt_xent_chunked_grad(z: np.ndarray, tau: float, chunk: int, reduction: str = "mean") -> np.ndarray:
     """The oracle of the chunked NT-Xent's gradient: the exact :func:`nt_xent_grad`."""
-    return nt_xent_grad(z, tau)
+    return nt_xent_grad(z, tau, reduction)
 
 
 PROBE_EPS = 1e-5
@@ -707,9 +712,10 @@ def loss_and_grads(weights, x, cfg: Config):
     h, up = encoder_train_forward(x, weights, mcfg, tape)
     z, up_head = head_train_forward(h, weights, mcfg, tape)
     up.update(up_head)
-    loss = nt_xent(z, cfg.loss.temperature)
+    loss = nt_xent(z, cfg.loss.temperature, cfg.loss.reduction)
     grads: dict[str, np.ndarray] = {}
-    dh = head_backward(nt_xent_grad(z, cfg.loss.temperature), weights, mcfg, tape, grads)
+    dh = head_backward(nt_xent_grad(z, cfg.loss.temperature, cfg.loss.reduction), weights, mcfg, tape,
+                       grads)
     encoder_backward(dh, weights, mcfg, tape, grads)
     return loss, grads, up
 

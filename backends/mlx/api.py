@@ -178,29 +178,30 @@ def forward(x, weights, cfg: Config | ModelConfig, train: bool, dtype: str = "fl
 # --------------------------------------------------------------------------- loss
 
 
-def nt_xent(z, tau: float, dtype: str = "float32") -> float:
+def nt_xent(z, tau: float, dtype: str = "float32", reduction: str = "mean") -> float:
     with convert.on_device(dtype):
-        return _nt_xent(_x(z, dtype), tau).item()
+        return _nt_xent(_x(z, dtype), tau, reduction).item()
 
 
-def nt_xent_grad(z, tau: float, dtype: str = "float32") -> np.ndarray:
+def nt_xent_grad(z, tau: float, dtype: str = "float32", reduction: str = "mean") -> np.ndarray:
     """dL/dz (2N, d) by autodiff of the same :func:`.ntxent.nt_xent`."""
     with convert.on_device(dtype):
-        return _np(mx.grad(lambda t: _nt_xent(t, tau))(_x(z, dtype)))
+        return _np(mx.grad(lambda t: _nt_xent(t, tau, reduction))(_x(z, dtype)))
 
 
-def nt_xent_chunked(z, tau: float, chunk: int, dtype: str = "float32") -> float:
+def nt_xent_chunked(z, tau: float, chunk: int, dtype: str = "float32", reduction: str = "mean") -> float:
     """:func:`nt_xent` computed ``chunk`` rows at a time (never the 2N x 2N matrix)."""
     with convert.on_device(dtype):
-        return _nt_xent_chunked(_x(z, dtype), tau, chunk).item()
+        return _nt_xent_chunked(_x(z, dtype), tau, chunk, reduction).item()
 
 
-def nt_xent_chunked_grad(z, tau: float, chunk: int, dtype: str = "float32") -> np.ndarray:
+def nt_xent_chunked_grad(z, tau: float, chunk: int, dtype: str = "float32",
+                         reduction: str = "mean") -> np.ndarray:
     """dL/dz (2N, d) of :func:`nt_xent_chunked` as the trainer takes it: eagerly, block by
     block (:func:`.ntxent.nt_xent_chunked_value_and_grad`; the custom-vjp form gives the same
     numbers, tests/test_mlx_backend.py)."""
     with convert.on_device(dtype):
-        return _np(_nt_xent_chunked_value_and_grad(_x(z, dtype), tau, chunk)[1])
+        return _np(_nt_xent_chunked_value_and_grad(_x(z, dtype), tau, chunk, reduction)[1])
 
 
 # --------------------------------------------------------------------------- optimiser

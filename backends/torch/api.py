@@ -222,28 +222,28 @@ def forward(x, weights, cfg, train, dtype="float32"):
 # --------------------------------------------------------------------------- loss
 
 
-def nt_xent(z, tau, dtype="float32") -> float:
+def nt_xent(z, tau, dtype="float32", reduction="mean") -> float:
     with torch.no_grad():
-        return float(_nt_xent(to_tensor(np.asarray(z), DEVICE, dtype), tau))
+        return float(_nt_xent(to_tensor(np.asarray(z), DEVICE, dtype), tau, reduction))
 
 
-def nt_xent_grad(z, tau, dtype="float32"):
+def nt_xent_grad(z, tau, dtype="float32", reduction="mean"):
     """dL/dz (2N, d) of :func:`nt_xent` by autograd."""
     zt = to_tensor(np.asarray(z), DEVICE, dtype).requires_grad_(True)
-    _nt_xent(zt, tau).backward()
+    _nt_xent(zt, tau, reduction).backward()
     return _np(zt.grad)
 
 
-def nt_xent_chunked(z, tau, chunk, dtype="float32") -> float:
+def nt_xent_chunked(z, tau, chunk, dtype="float32", reduction="mean") -> float:
     """:func:`nt_xent` computed ``chunk`` rows at a time (never the 2N x 2N matrix)."""
     with torch.no_grad():
-        return float(_nt_xent_chunked(to_tensor(np.asarray(z), DEVICE, dtype), tau, chunk))
+        return float(_nt_xent_chunked(to_tensor(np.asarray(z), DEVICE, dtype), tau, chunk, reduction))
 
 
-def nt_xent_chunked_grad(z, tau, chunk, dtype="float32"):
+def nt_xent_chunked_grad(z, tau, chunk, dtype="float32", reduction="mean"):
     """dL/dz (2N, d) of :func:`nt_xent_chunked` through its custom backward (blocks recomputed)."""
     zt = to_tensor(np.asarray(z), DEVICE, dtype).requires_grad_(True)
-    _nt_xent_chunked(zt, tau, chunk).backward()
+    _nt_xent_chunked(zt, tau, chunk, reduction).backward()
     return _np(zt.grad)
 
 
