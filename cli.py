@@ -374,8 +374,8 @@ def conformance(backends, pattern, dtype, json_out, list_only):
     from simclr_xb.conformance.runner import run, select
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx"):
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        if b not in ("torch", "mlx", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2]), a reference
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx and/or tf2")
     if list_only:
         for c in select(all_cases(), pattern):
             click.echo(f"{c.name:44s} {c.doc}")
@@ -580,8 +580,8 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     from simclr_xb.bench.common import format_targets
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx"):
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        if b not in ("torch", "mlx", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2]), a reference
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx and/or tf2")
     if not names:
         raise UserError("--backends is empty: expected torch and/or mlx")
     if threads is not None:
