@@ -164,6 +164,9 @@ class TrainConfig:
     # What to do on a non-finite loss: "stop" (default) or "skip" the step, counting skips.
     on_nonfinite: str = "stop"
     max_skips: int = 10
+    # A new run whose weights start from this checkpoint file or run folder (CLI --init-from);
+    # its own config and schedule apply (e.g. more epochs). None: the model's own initialisation.
+    init_from: str | None = None
 
     def validate(self) -> None:
         _check(self.batch_size >= 2, "train.batch_size", self.batch_size, "an integer >= 2")
