@@ -138,3 +138,13 @@ def check_device(backend: str | None, device: str | None) -> None:
     shown = "; ".join(f"{v if v.startswith(n) else n + ' ' + v} has {', '.join(h)}" for n, (h, v) in seen.items()) or "no backend installed"
     raise ValueError(f"--device {device} is not available: {shown}"
                      + (" (this torch build has no CUDA)" if kind == "cuda" else ""))
+
+
+def check_train_memory(cfg, world: int = 1) -> None:
+    """Refuse a config whose augmented views alone (2 per image, float32, this rank's share of
+    the batch) exceed the memory budget: a lower bound of a step's memory (activations add
+    several times more), so a refusal is certain to be right."""
+    n = cfg.train.batch_size // max(int(world), 1)
+    s = cfg.augment.image_size
+    check_allocation(2 * n * s * s * 3 * 4, f"config train.batch_size = {cfg.train.batch_size} with "
+                                            f"augment.image_size = {s} ({2 * n} float32 views per step)")

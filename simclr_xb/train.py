@@ -285,6 +285,8 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
                 log(f"warning: the checkpoint was written by {int(ckpt.extra['world'])} processes, this run "
                     f"has {world}: the per-rank augmentation streams differ from an uninterrupted run")
     cfg.validate()
+    from .inputs import check_train_memory
+    check_train_memory(cfg, world)  # before any data, model or loader is allocated
 
     if is_main:  # before reading any data: a bad --out fails at once
         try:
