@@ -202,7 +202,10 @@ def info():
               help="Checkpoint file or run folder to continue from (exact trajectory).")
 @click.option("--device", default=None, help="Backend device, e.g. cpu, cuda, cuda:1, gpu.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
-@click.option("--precision", type=click.Choice(["float32", "float64", "bfloat16"]), default=None)
+@click.option("--precision", type=click.Choice(["auto", "float32", "float64", "bfloat16"]), default="auto",
+              show_default=True, help="auto: bfloat16 autocast where the hardware has it (torch on CUDA or "
+              "a CPU with native bf16), else the config's (float32); never changes a resumed run or a "
+              "precision set by --set / the config file.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile / mx.compile.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--skip-bad-images", is_flag=True, default=None,
@@ -235,7 +238,11 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
     dist = None
     try:
         dist = from_env(backend)
+        auto = flags.get("precision") == "auto"
+        flags["precision"] = None if auto else flags.get("precision")
         cfg = build_config(preset_name, config_file, overrides, **flags)
+        if auto and resume is None:
+            cfg = _auto_precision(cfg, backend, device, overrides, config_file)
         if resume is None and (Path(out_dir) / "last.h5").exists():
             raise UserError(f"{out_dir} already holds a run (last.h5): pass --resume {out_dir} to "
                             f"continue it, or choose another --out")
@@ -433,6 +440,18 @@ def _fast_bf16(device: str | None) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def _auto_precision(cfg, backend: str, device: str | None, overrides, config_file):
+    """``train --precision auto``: bfloat16 as ``demo`` picks it, unless the precision was set
+    by --set or the config file (then that one stays)."""
+    if any(o.partition("=")[0].strip() == "train.precision" for o in overrides):
+        return cfg
+    if config_file is not None and "precision" in Path(config_file).read_text(errors="replace"):
+        return cfg
+    if backend == "torch" and cfg.train.precision == "float32" and _fast_bf16(device):
+        return cfg.with_value("train.precision", "bfloat16").validate()
+    return cfg
+
+
 @main.command()
 @click.option("--backend", type=BACKEND_CHOICE, default="torch", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
@@ -501,8 +520,8 @@ def conformance(backends, pattern, dtype, json_out, list_only):
     from simclr_xb.conformance.runner import run, select
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx"):
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        if b not in ("torch", "mlx", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2]), a reference
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx and/or tf2")
     if list_only:
         for c in select(all_cases(), pattern):
             click.echo(f"{c.name:44s} {c.doc}")
@@ -722,8 +741,8 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     from simclr_xb.bench.common import format_targets
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx"):
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        if b not in ("torch", "mlx", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2]), a reference
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx and/or tf2")
     if not names:
         raise UserError("--backends is empty: expected torch and/or mlx")
     if threads is not None:
