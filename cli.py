@@ -33,7 +33,8 @@ def _fail(e: Exception) -> None:
 def _known_errors():
     from simclr_xb.backend import BackendUnavailable
     from simclr_xb.checkpoint import CheckpointError
-    errors = (ConfigError, CheckpointError, BackendUnavailable, FileNotFoundError, ValueError)
+    from simclr_xb.outputs import OutputError
+    errors = (ConfigError, CheckpointError, BackendUnavailable, FileNotFoundError, ValueError, OutputError)
     try:
         from simclr_xb.data import DataError  # type: ignore[attr-defined]
         errors += (DataError,)
@@ -101,9 +102,65 @@ def config_options(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+ISSUES_URL = "https://github.com/simclr-xb/simclr-xb/issues"
+DEBUG_ENV = "SIMCLR_XB_DEBUG"
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _debug_on(ctx: click.Context | None) -> bool:
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and (root.obj or {}).get("debug"))
+
+
+class _ErrorBoundary(click.Group):
+    """The one error boundary of every command: an expected failure (a bad config field, file,
+    tensor, output or device) becomes ``Error: <one line>`` and exit 1; anything else becomes
+    one ``internal error`` line saying how to report it, exit 1, with the traceback only under
+    ``--debug`` / ``SIMCLR_XB_DEBUG=1``. Click's own exits and Ctrl-C pass through."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit,
+                SystemExit, KeyboardInterrupt, GeneratorExit):
+            raise
+        except _known_errors() as e:
+            if _debug_on(ctx):
+                import traceback
+                traceback.print_exc()
+            raise UserError(str(e)) from e
+        except OSError as e:  # a file system failure the command did not name itself
+            if _debug_on(ctx):
+                import traceback
+                traceback.print_exc()
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            raise UserError(f"{e.strerror or e}{where}") from e
+        except MemoryError as e:
+            raise UserError("not enough memory for this command (MemoryError); use a smaller "
+                            "--batch-size, image size or dataset") from e
+        except Exception as e:  # noqa: BLE001 - the boundary: one line, traceback on request
+            if _debug_on(ctx):
+                import traceback
+                traceback.print_exc()
+                hint = "the traceback is above"
+            else:
+                hint = f"rerun with --debug (simclr-xb --debug ...) or {DEBUG_ENV}=1 for the traceback"
+            raise UserError(f"internal error ({type(e).__name__}: {_one_line(e, 200)}); this is a bug "
+                            f"in simclr-xb: {hint}, and report it with the command line at "
+                            f"{ISSUES_URL}") from e
+
+
+@click.group(cls=_ErrorBoundary, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="simclr-xb")
-def main():
+@click.option("--debug", is_flag=True, help=f"Show the traceback of an internal error (also {DEBUG_ENV}=1).")
+@click.pass_context
+def main(ctx, debug):
     """SimCLR on MLX and PyTorch from one backend-agnostic core.
 
     \b
@@ -112,6 +169,7 @@ def main():
       simclr-xb eval --checkpoint runs/a/last.h5 --data shapes
       simclr-xb conformance --backends torch,mlx
     """
+    ctx.obj = dict(ctx.obj or {}, debug=debug)
 
 
 # --------------------------------------------------------------------------- info
@@ -157,8 +215,11 @@ def info():
                    "torch, mlx.launch for mlx). --batch-size stays the GLOBAL batch.")
 @click.option("--hostfile", type=click.Path(dir_okay=False), default=None,
               help="mlx only: an mlx.launch hostfile to run on several machines (docs/distributed.md).")
+@click.option("--init-from", "init_from", type=click.Path(), default=None,
+              help="Start a NEW run (this command's config and schedule) from the weights of this "
+                   "checkpoint file or run folder; recorded as train.init_from.")
 def train(backend, preset_name, config_file, overrides, out_dir, resume, device, quiet, nproc, hostfile,
-          **flags):
+          init_from=None, **flags):
     """Pre-train SimCLR and write checkpoints, metrics and a plot into --out.
 
     \b
@@ -167,6 +228,9 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
       mlx.launch -n 2 --backend ring -- python -m simclr_xb.cli train --backend mlx ...
     (multi-node: docs/distributed.md, scripts/slurm_torchrun.sh). Rank 0 logs and checkpoints.
     """
+    _train_preflight(backend, out_dir, resume, device, nproc, init_from, overrides)
+    if init_from is not None:
+        overrides = tuple(overrides) + (f"train.init_from={json.dumps(str(init_from))}",)
     if hostfile is not None or (nproc is not None and nproc != 1):
         _launch_ranks(backend, nproc or 1, hostfile)
     from simclr_xb.distributed import DistributedError, from_env, mark_done
@@ -200,12 +264,29 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
             dist.abort(1, _on_rank(dist, f"failed with {type(e).__name__}: {e}"))
         raise
     if dist is None or dist.is_main:
-        (Path(out_dir) / "config.json").write_text(json.dumps((res.config or cfg).to_dict(), indent=2))
+        _write_text(Path(out_dir) / "config.json", json.dumps((res.config or cfg).to_dict(), indent=2))
         click.echo(f"done: {res.stopped} at step {res.step}/{res.total_steps}, final loss "
                    f"{res.final_loss:.4f}, {res.wall_s:.0f} s; checkpoint {res.checkpoint}")
     if dist is not None:
         dist.shutdown()
     mark_done(dist)
+
+
+def _train_preflight(backend, out_dir, resume, device, nproc, init_from, overrides) -> None:
+    """train's checks before any work: --nproc, --device, --out, --init-from vs --resume."""
+    from simclr_xb.inputs import check_device, positive_int
+    from simclr_xb.outputs import check_output_dir
+    try:
+        positive_int(nproc, "--nproc")
+        if init_from is not None and resume is not None:
+            raise UserError(f"--init-from {init_from} and --resume {resume} exclude each other: "
+                            f"--resume continues a run, --init-from starts a new one from its weights")
+        if init_from is not None and any(o.partition("=")[0].strip() == "train.init_from" for o in overrides):
+            raise UserError("give --init-from or --set train.init_from=..., not both")
+        check_output_dir(out_dir)
+        check_device(backend, device)
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from e
 
 
 def _on_rank(dist, message: str) -> str:
@@ -251,6 +332,47 @@ def _launch_ranks(backend: str, nproc: int, hostfile: str | None) -> None:
     sys.exit(code)
 
 
+# ------------------------------------------------- shared checks before long work (issue 14)
+def _counts(**counts) -> None:
+    """Each CLI count (``--knn-k``, ``--batch-size``, ...) must be an integer >= 1."""
+    from simclr_xb.inputs import positive_int
+    for option, value in counts.items():
+        positive_int(value, option)
+
+
+def _inputs(*items) -> tuple:
+    """The paths a command reads: checkpoint arguments, loaded checkpoints, file data specs."""
+    out = []
+    for it in items:
+        if it is None:
+            continue
+        if getattr(it, "path", None) is not None:
+            out.append(it.path)
+        elif isinstance(it, str) and it.partition(":")[0] in ("hdf5", "folder"):
+            out.append(os.path.expanduser(it.partition(":")[2]))
+        else:
+            out.append(it)
+    return tuple(out)
+
+
+def _outputs_first(files: dict, inputs=(), device=None) -> None:
+    """Before any long work: every output file ({option: path}) is absent or a regular file,
+    not one of ``inputs``, in a writable folder; ``device`` = (backend, --device) exists."""
+    from simclr_xb.inputs import check_device
+    from simclr_xb.outputs import check_output_file
+    for option, path in files.items():
+        if path is not None:  # a --json result goes into an existing folder
+            check_output_file(path, option, inputs=inputs, parent_must_exist=option == "--json")
+    if device is not None:
+        check_device(*device)
+
+
+def _write_text(path, text: str) -> None:
+    """A small output file (JSON results), written atomically (never a FIFO or device)."""
+    from simclr_xb.checkpoint import atomic_write
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 # --------------------------------------------------------------------------- eval
 @main.command(name="eval")
 @click.option("--checkpoint", type=click.Path(), default=None,
@@ -277,8 +399,10 @@ def eval_(checkpoint, data, data_root, backend, device, random_init, raw_pixels,
     try:
         if checkpoint is None and not (random_init or raw_pixels):
             raise UserError("give --checkpoint (or --random-init / --raw-pixels with --preset)")
+        _counts(**{"--knn-k": knn_k, "--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True)) \
             if checkpoint else None
+        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data), device=(backend, device))
         if ck is not None and not random_init:
             ck.check_fits_config()
         cfg = ck.config if ck else preset(preset_name or "tiny")
@@ -295,7 +419,7 @@ def eval_(checkpoint, data, data_root, backend, device, random_init, raw_pixels,
     res.update(checkpoint=str(ck.path) if ck else None, step=ck.step if ck else 0, label=label)
     click.echo(format_result(res, label))
     if json_out:
-        Path(json_out).write_text(json.dumps(res, indent=2))
+        _write_text(json_out, json.dumps(res, indent=2))
 
 
 # --------------------------------------------------------------------------- demo
@@ -343,6 +467,9 @@ def demo(backend, out_dir, epochs, device, precision):
     from simclr_xb.evaluate import evaluate, format_result
     from simclr_xb.train import train as run_train
     try:
+        from simclr_xb.outputs import check_output_dir
+        check_output_dir(out_dir)
+        _outputs_first({}, device=(backend, device))
         cfg = preset("tiny")
         if epochs:
             cfg = cfg.with_value("train.epochs", epochs).validate()
@@ -368,8 +495,8 @@ def demo(backend, out_dir, epochs, device, precision):
     gain = trained["linear"]["top1"] - baseline["linear"]["top1"]
     click.echo(f"SimCLR linear-probe accuracy: {trained['linear']['top1']:.2f}% "
                f"({gain:+.2f} points over random init)")
-    Path(out_dir, "eval.json").write_text(json.dumps({"simclr": trained, "random_init": baseline},
-                                                     indent=2))
+    _write_text(Path(out_dir, "eval.json"), json.dumps({"simclr": trained, "random_init": baseline},
+                                                       indent=2))
 
 
 # --------------------------------------------------------------------------- conformance
@@ -400,6 +527,7 @@ def conformance(backends, pattern, dtype, json_out, list_only):
             click.echo(f"{c.name:44s} {c.doc}")
         return
     dtypes = ("float32", "float64") if dtype == "all" else (dtype,)
+    _outputs_first({"--json": json_out})
     click.echo(HEADER)
     results = run(names, pattern, dtypes, on_result=lambda r: click.echo(row(r)))
     if not results:
@@ -425,15 +553,19 @@ def data_show(spec, root):
     """Print the splits, shapes and classes of a dataset SPEC."""
     from simclr_xb.data import load_dataset
     try:
+        ds, failures = None, []
         for split in ("train", "test"):
             try:
                 ds = load_dataset(spec, split, root=root)
             except _known_errors() as e:
                 click.echo(f"{split}: {e}")
+                failures.append(f"{split}: {e}")
                 continue
             counts = dict(zip(*[a.tolist() for a in __import__("numpy").unique(ds.labels, return_counts=True)]))
             click.echo(f"{split}: images {ds.images.shape} {ds.images.dtype}, {len(ds.classes)} classes, "
                        f"per class {counts}")
+        if ds is None:
+            raise UserError(f"dataset {spec} has no readable split: {' | '.join(failures)}")
         click.echo(f"classes: {', '.join(ds.classes)}")
     except _known_errors() as e:
         _fail(e)
@@ -447,6 +579,7 @@ def data_pack(src, out, root):
     """Convert dataset SRC (any reader) into one HDF5 file OUT (images, labels per split)."""
     from simclr_xb.data import pack
     try:
+        _outputs_first({"OUT": out}, _inputs(src, None if root is None else root))
         result = pack(src, out, root=root)
     except _known_errors() as e:
         _fail(e)
@@ -488,7 +621,12 @@ def finetune(checkpoint, data, data_root, label_fraction, epochs, backend, devic
                                     result_json, save_finetuned)
     from simclr_xb.finetune import finetune as run_finetune
     try:
+        _counts(**{"--epochs": epochs, "--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data, subset_file), device=(backend, device))
+        if out_dir is not None:
+            from simclr_xb.outputs import check_output_dir
+            check_output_dir(out_dir)
         ft = FinetuneConfig(label_fraction=label_fraction, epochs=epochs, batch_size=batch_size,
                             base_lr=lr, optimizer=optimizer, seed=seed, precision=precision).validate()
         subset = load_subset(subset_file) if subset_file else None
@@ -503,9 +641,9 @@ def finetune(checkpoint, data, data_root, label_fraction, epochs, backend, devic
             for run, r in res["runs"].items():
                 save_finetuned(Path(out_dir) / f"finetuned-{run}.npz", r.pop("weights"), ck.config, run,
                                str(ck.path))
-            (Path(out_dir) / "result.json").write_text(text)
+            _write_text(Path(out_dir) / "result.json", text)
         if json_out:
-            Path(json_out).write_text(text)
+            _write_text(json_out, text)
     except _known_errors() + (FinetuneError, NotImplementedError, OSError) as e:
         _fail(e)
     click.echo(format_table(res))
@@ -529,7 +667,10 @@ def features(checkpoint, data, data_root, out_file, split, with_z, backend, devi
     from simclr_xb.checkpoint import latest_good
     from simclr_xb.features import extract_features
     try:
+        _counts(**{"--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        _outputs_first({"--out": out_file}, _inputs(checkpoint, ck, data or ck.config.data.name),
+                       device=(backend, device))
         res = extract_features(ck, out_file, data_spec=data, split=split, with_z=with_z, backend=backend,
                                device=device, batch_size=batch_size, root=data_root,
                                log=lambda m: click.echo(m, err=True))
@@ -552,6 +693,7 @@ def export_(checkpoint, fmt, out_file):
     from simclr_xb.export import export_encoder
     try:
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        _outputs_first({"--out": out_file}, _inputs(checkpoint, ck))
         res = export_encoder(ck.weights, ck.config, fmt, out_file, checkpoint=str(ck.path), step=ck.step)
     except _known_errors() + (OSError,) as e:
         _fail(e)
