@@ -379,3 +379,60 @@ class StreamLoader:
         finally:
             if plans or done:  # abandoned mid-epoch: restart the workers so no stale task runs
                 self.close()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def eval_loader(data: StreamDataset, size: int, batch_size: int, num_workers: int = 1,
+                resample: str = "bilinear", skip_bad_images: bool = False) -> StreamLoader:
+    """Every image once, in index order, as its evaluation view: the official centre crop
+    (87.5% of the shorter side, :func:`simclr_xb.augment.center_crop_boxes`) cut from the
+    original image and resized to ``size``; no other op."""
+    from ..augment import center_crop_boxes, identity_params
+
+    def make_params(epoch, step, idx, hw):
+        p = identity_params(len(idx), (size, size))
+        p.crop = center_crop_boxes(hw, len(idx))
+        return [p]
+
+    return StreamLoader(data, min(batch_size, len(data)), make_params, size, shuffle=False,
+                        drop_last=False, num_workers=num_workers, skip_bad_images=skip_bad_images,
+                        resample=resample, views_per_image=1)
+
+
+def encode_split(trainer, data, batch_size: int, size: int, num_workers: int = 1,
+                 resample: str = "bilinear", skip_bad_images: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(h (N, d), labels (N,)) of a split with ``trainer.encode``: a Dataset in memory as is; a
+    StreamDataset through :func:`eval_loader` (its views are already ``size``, so the
+    backend's identity view of them is an exact copy). Images skipped as undecodable are
+    left out of both arrays."""
+    if not getattr(data, "is_stream", False):
+        return trainer.encode(data.images, batch_size=batch_size), data.labels
+    hs, ys = [], []
+    with eval_loader(data, size, batch_size, num_workers, resample, skip_bad_images) as loader:
+        for b in loader.epoch(0):
+            if len(b.indices):
+                hs.append(trainer.encode(b.views, batch_size=batch_size))
+                ys.append(b.labels)
+    return np.concatenate(hs), np.concatenate(ys)
+
+
+def whole_view_params(params, size: int):
+    """``params`` with every crop box the whole (size x size) view: how a backend that takes
+    (images, params) applies the remaining ops to views the workers already cut (a resize to
+    the same size is an exact copy)."""
+    import dataclasses
+    return dataclasses.replace(params, crop=np.tile(np.array([[0, 0, size, size]], np.int64), (len(params), 1)))
+
+
+def predict_split(predict, data, batch_size: int, size: int, num_workers: int = 1,
+                  resample: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of ``predict(images_u8, batch_size)`` over a StreamDataset's
+    evaluation views (:func:`eval_loader`)."""
+    outs, ys = [], []
+    with eval_loader(data, size, batch_size, num_workers, resample) as loader:
+        for b in loader.epoch(0):
+            outs.append(predict(b.views, batch_size))
+            ys.append(b.labels)
+    return np.concatenate(outs), np.concatenate(ys)
