@@ -699,6 +699,16 @@ def train_step(weights, momenta, images_u8, p1: ViewParams, p2: ViewParams, lr: 
 # --------------------------------------------------------------------------- large-image crop
 
 
+def augment_cropped(views_u8: np.ndarray, params: ViewParams, cfg: AugmentConfig) -> np.ndarray:
+    """The pipeline after the crop, for views (N, S, S, 3) the data workers already cut and
+    resized: :func:`augment` with every box the whole S x S view (resizing to the same size is
+    the identity), i.e. flip -> jitter -> grayscale -> blur from ``params``."""
+    import dataclasses
+    S = cfg.image_size
+    whole = np.tile(np.array([[0, 0, S, S]], np.int64), (len(params), 1))
+    return augment(views_u8, dataclasses.replace(params, crop=whole), cfg)
+
+
 def _resample_filter(name: str):
     """Pillow's separable filters as (function, support): the triangle ("bilinear") and the
     Keys cubic with a = -0.5 ("bicubic"), both in units of output pixels before scaling."""
