@@ -158,10 +158,10 @@ def sample_crop_boxes(rng: np.random.Generator, n: int, hw,
 
 
 def source_hw(hw, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(H, W)`` (scalars or (n,) arrays, or an (n, 2) array) -> two int64 (n,) arrays."""
-    a = np.asarray(hw)
-    if a.ndim == 2 and a.shape[1] == 2:
-        H, W = a[:, 0], a[:, 1]
+    """A tuple ``(H, W)`` of scalars or (n,) arrays, or an (n, 2) numpy array of rows (H, W)
+    -> two int64 (n,) arrays."""
+    if isinstance(hw, np.ndarray) and hw.ndim == 2:
+        H, W = hw[:, 0], hw[:, 1]
     else:
         H, W = hw
     H = np.broadcast_to(np.asarray(H, dtype=np.int64), (n,))
@@ -218,8 +218,7 @@ def center_crop_boxes(hw, n: int | None = None, proportion: float = 0.875) -> np
     (W - side + 1) // 2) -> (N, 4) int64 boxes (top, left, height, width). ``hw``: as
     :func:`source_hw`; ``n`` defaults to the length of the arrays."""
     if n is None:
-        a = np.asarray(hw)
-        n = a.shape[0] if a.ndim == 2 else max(np.size(hw[0]), np.size(hw[1]))
+        n = hw.shape[0] if isinstance(hw, np.ndarray) and hw.ndim == 2 else max(np.size(hw[0]), np.size(hw[1]))
     H, W = source_hw(hw, n)
     side = np.maximum(1, np.rint(proportion * np.minimum(H, W).astype(np.float64))).astype(np.int64)
     return np.stack([(H - side + 1) // 2, (W - side + 1) // 2, side, side], axis=1).astype(np.int64)
