@@ -350,6 +350,7 @@ def _big_folder(root: Path, n: int, hw=(4000, 6000)) -> int:
     return n * hw[0] * hw[1] * 3
 
 
+@pytest.mark.slow
 def test_memory_is_independent_of_the_dataset_size(tmp_path):
     """Train 2 steps and evaluate on a folder whose decoded size is >= 4x the bound on every
     process's peak resident memory (the CLI process and its decode worker)."""
