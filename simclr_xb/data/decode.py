@@ -17,8 +17,8 @@ min(box) / size instead gave 18 uint8 levels max error at hard edges (mean 0.52)
 factor 2 margin, 5.6 max (mean 0.33). Without draft mode: at most 1 level (Pillow's 8-bit
 rounding).
 
-Images are converted to RGB uint8 by :func:`to_rgb`: grey repeated, alpha dropped,
-palette / CMYK / 16-bit converted by Pillow.
+Images are converted to RGB uint8 by :func:`simclr_xb.data.pixels.to_rgb_uint8` (every Pillow
+mode, or a refusal naming the file).
 """
 from __future__ import annotations
 
@@ -42,19 +42,11 @@ def decoder_versions() -> dict[str, str]:
 
 
 def to_rgb(im: Image.Image, name: str) -> np.ndarray:
-    """A loaded PIL image -> uint8 (H, W, 3).
-
-    Delegates to :func:`simclr_xb.data.pixels.to_rgb_uint8` where that module exists (16-bit,
-    float, palette and CMYK handled and measured there); otherwise Pillow's ``convert``."""
-    try:
-        from .pixels import to_rgb_uint8
-    except ImportError:
-        to_rgb_uint8 = None
-    if to_rgb_uint8 is not None:
-        return to_rgb_uint8(im, name)
-    if im.mode != "RGB":
-        im = im.convert("RGBA" if "transparency" in im.info else im.mode).convert("RGB")
-    return np.asarray(im, dtype=np.uint8)
+    """A loaded PIL image -> uint8 (H, W, 3): :func:`simclr_xb.data.pixels.to_rgb_uint8`
+    (16-bit, float, palette, alpha and CMYK rules there; a refusal is a DataError naming
+    ``name``)."""
+    from .pixels import to_rgb_uint8
+    return to_rgb_uint8(im, name)
 
 
 DRAFT_MARGIN = 2  # decoded pixels per view pixel (per side) that draft mode must keep
