@@ -148,6 +148,9 @@ def build_folder_index(root: str | os.PathLike, split: str = "train", skip_bad_i
     per_split = {s: _class_files(f) for s, f in splits.items()}
     classes = sorted({c for d in per_split.values() for c, fs in d.items() if fs})
     folder = splits[split]
+    if not classes:
+        raise DataError(f"image folder {folder} holds no images: expected "
+                        f"{folder}/<class>/<image> with extensions {', '.join(EXTENSIONS)}")
     entries = [(c, e) for c, es in per_split[split].items() if c in classes for e in es]
     if not entries:
         raise DataError(f"image folder {folder} holds no images (split {split!r}): expected "
@@ -174,7 +177,7 @@ def build_folder_index(root: str | os.PathLike, split: str = "train", skip_bad_i
                 read += 1
             except (OSError, ValueError, SyntaxError) as e:
                 if not skip_bad_images:
-                    raise DataError(f"cannot read image {folder / key[0]}: {e} (pass "
+                    raise DataError(f"cannot decode image {folder / key[0]}: {e} (pass "
                                     f"skip_bad_images=True, CLI --skip-bad-images, to skip such files)") from None
                 bad.append(str(folder / key[0]))
                 keep[i] = False
@@ -186,7 +189,7 @@ def build_folder_index(root: str | os.PathLike, split: str = "train", skip_bad_i
         _save_cache(cache_path, [files[i] for i in k], [sizes[i] for i in k], [mtimes[i] for i in k], hw[k])
     if bad:
         shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: {shown}", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} undecodable image(s) in {folder}: {shown}", stacklevel=2)
     k = np.flatnonzero(keep)
     if k.size == 0:
         raise DataError(f"image folder {folder}: none of its {len(files)} images could be read")

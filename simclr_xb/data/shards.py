@@ -85,7 +85,7 @@ def _scan_shard(path: Path, skip_bad_images: bool, bad: list[str]):
                             w, h = im.size
                     except (OSError, ValueError, SyntaxError) as e:
                         if not skip_bad_images:
-                            raise DataError(f"cannot read image {path}:{m.name}: {e} (pass "
+                            raise DataError(f"cannot decode image {path}:{m.name}: {e} (pass "
                                             f"--skip-bad-images to skip such files)") from None
                         bad.append(f"{path}:{m.name}")
                         continue
