@@ -322,6 +322,20 @@ def test_train_imagenet_preset_on_a_folder_then_eval(folder, tmp_path, backend):
                                   "--backend", backend])
     assert r.exit_code == 0, r.output
     assert "linear probe top-1" in r.output
+    if backend != "torch":
+        return
+    # Features and fine-tuning read the same index (evaluation view: the centre crop).
+    r = CliRunner().invoke(main, ["features", "--checkpoint", str(out), "--out", str(tmp_path / "f.h5"),
+                                  "--data", f"folder:{folder}", "--backend", backend, "--batch-size", "5"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f["train/h"].shape[0] == 12 and f["test/h"].shape[0] == 4
+        np.testing.assert_array_equal(f["train/labels"][()], open_dataset(f"folder:{folder}").labels)
+    r = CliRunner().invoke(main, ["finetune", "--checkpoint", str(out), "--data", f"folder:{folder}",
+                                  "--label-fraction", "0.5", "--epochs", "1", "--batch-size", "3",
+                                  "--backend", backend, "--no-baseline"])
+    assert r.exit_code == 0, r.output
+    assert "test top-1" in r.output
 
 
 def test_imagenet_preset_finds_its_folder(folder, monkeypatch):
