@@ -36,8 +36,8 @@ def _known_errors():
     from simclr_xb.outputs import OutputError
     errors = (ConfigError, CheckpointError, BackendUnavailable, FileNotFoundError, ValueError, OutputError)
     try:
-        from simclr_xb.data import DataError  # type: ignore[attr-defined]
-        errors += (DataError,)
+        from simclr_xb.data import DataError, DataWorkerError  # type: ignore[attr-defined]
+        errors += (DataError, DataWorkerError)
     except ImportError:
         pass
     try:
@@ -550,18 +550,27 @@ def data():
 @click.argument("spec")
 @click.option("--root", default=None)
 def data_show(spec, root):
-    """Print the splits, shapes and classes of a dataset SPEC."""
-    from simclr_xb.data import load_dataset
+    """Print the splits, shapes and classes of a dataset SPEC (folders and shards: counts,
+    classes and the image size distribution, read from the index)."""
+    from simclr_xb.data import open_dataset
+    from simclr_xb.data.index import size_summary
     try:
         ds, failures = None, []
         for split in ("train", "test"):
             try:
-                ds = load_dataset(spec, split, root=root)
+                ds = open_dataset(spec, split, root=root)
             except _known_errors() as e:
                 click.echo(f"{split}: {e}")
                 failures.append(f"{split}: {e}")
                 continue
             counts = dict(zip(*[a.tolist() for a in __import__("numpy").unique(ds.labels, return_counts=True)]))
+            if getattr(ds, "is_stream", False):
+                ix = ds.index
+                rate = f", {ix.headers_read / ix.build_s:.0f} headers/s" if ix.headers_read and ix.build_s else ""
+                click.echo(f"{split}: {len(ds)} images of mixed sizes in {ds.source}, {len(ds.classes)} classes, "
+                           f"per class {counts}\n  {size_summary(ds.hw)}\n  index: {ix.headers_read} headers "
+                           f"read in {ix.build_s:.2f} s{rate} (the rest from the cache)")
+                continue
             click.echo(f"{split}: images {ds.images.shape} {ds.images.dtype}, {len(ds.classes)} classes, "
                        f"per class {counts}")
         if ds is None:
@@ -575,10 +584,25 @@ def data_show(spec, root):
 @click.argument("src")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--root", default=None, help="Folder to read SRC from.")
-def data_pack(src, out, root):
-    """Convert dataset SRC (any reader) into one HDF5 file OUT (images, labels per split)."""
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "wds"]), default="hdf5", show_default=True,
+              help="hdf5: one file of decoded arrays; wds: WebDataset tar shards (OUT is a folder) of "
+                   "the original image files of a folder: SRC.")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per tar shard (wds).")
+@click.option("--force", is_flag=True, help="Replace existing shards in OUT (wds).")
+def data_pack(src, out, root, fmt, shard_size, force):
+    """Convert dataset SRC into one HDF5 file OUT, or (--format wds) into tar shards in folder OUT."""
     from simclr_xb.data import pack
     try:
+        if fmt == "wds":
+            from simclr_xb.data import available_splits, open_dataset
+            from simclr_xb.data.shards import write_shards
+            parts = {s: open_dataset(src, s, root=root) for s in available_splits(src, root)}
+            if not all(getattr(d, "is_stream", False) for d in parts.values()):
+                raise ValueError(f"--format wds packs image folders (folder:PATH), not {src}")
+            written = write_shards({s: d.index for s, d in parts.items()}, out, shard_size, overwrite=force)
+            for s, files in written.items():
+                click.echo(f"wrote {len(files)} {s} shard(s) of {len(parts[s])} images to {out}")
+            return
         _outputs_first({"OUT": out}, _inputs(src, None if root is None else root))
         result = pack(src, out, root=root)
     except _known_errors() as e:

@@ -231,7 +231,7 @@ class DataConfig:
     # Dataset spec: shapes, fashion-mnist, mnist, cifar10, cifar100, folder:PATH, hdf5:PATH.
     name: str = "shapes"
     root: str | None = None  # folder to look in (default: $SIMCLR_XB_DATA, ~/.cache/simclr_xb, ...)
-    num_workers: int = 1  # background prefetch threads for the loader
+    num_workers: int = 1  # prefetch threads (in-memory data); decode processes (folder:, wds:)
     skip_bad_images: bool = False
 
     def validate(self) -> None:
@@ -466,7 +466,9 @@ def _imagenet() -> Config:
         loss=LossConfig(temperature=0.1, reduction="tf2"),
         optim=OptimConfig(base_lr=0.075, lr_scaling="sqrt", weight_decay=1e-4, warmup_epochs=10),
         train=TrainConfig(batch_size=4096, epochs=100),
-        data=DataConfig(name="imagenet"),
+        # An ImageNet folder (train/<class>/*, val/<class>/*): ./imagenet, else
+        # $SIMCLR_XB_DATA/imagenet or ~/.cache/simclr_xb/imagenet; streamed by index.
+        data=DataConfig(name="folder:imagenet", num_workers=8),
     )
 
 

@@ -26,7 +26,7 @@ from .step import MOMENTUM_PREFIX, Trainer
 
 __all__ = ["available", "version", "devices", "to_float", "resized_crop", "hflip",
            "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
-           "color_jitter", "grayscale", "gaussian_blur", "augment", "batch_norm", "conv2d",
+           "color_jitter", "grayscale", "gaussian_blur", "augment", "augment_cropped", "batch_norm", "conv2d",
            "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
            "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step", "Trainer"]
 
@@ -115,6 +115,11 @@ def gaussian_blur(x, sigma, mask, kernel_size: int, dtype: str = "float32",
 def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype: str = "float32") -> np.ndarray:
     with convert.on_device(dtype):
         return _np(aug.augment(np.asarray(images_u8), params, cfg, convert.mx_dtype(dtype)))
+
+
+def augment_cropped(views_u8, params: ViewParams, cfg: AugmentConfig, dtype: str = "float32") -> np.ndarray:
+    with convert.on_device(dtype):
+        return _np(aug.augment_cropped(np.asarray(views_u8), params, cfg, convert.mx_dtype(dtype)))
 
 
 # --------------------------------------------------------------------------- layers
