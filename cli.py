@@ -544,6 +544,17 @@ def export_(checkpoint, fmt, out_file):
 
 
 # --------------------------------------------------------------------------- bench
+def _bench_device(device: str) -> str:
+    """``bench --device``: "cpu" or "gpu" (MLX's two devices); one-line error otherwise."""
+    if device not in ("cpu", "gpu"):
+        raise UserError(f"--device {device!r} is not an MLX device: expected cpu or gpu")
+    if device == "gpu":
+        import mlx.core as mx
+        if not mx.is_available(mx.gpu):
+            raise UserError("--device gpu: MLX has no GPU on this machine (Metal needs Apple silicon)")
+    return device
+
+
 @main.command()
 @click.argument("suite", type=click.Choice(["augment", "train", "ntxent", "quality", "all"]))
 @click.option("--size", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
@@ -562,7 +573,10 @@ def export_(checkpoint, fmt, out_file):
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="quality: run folders with the checkpoints, resumed when the config matches "
                    "(default: runs/bench-quality).")
-def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir):
+@click.option("--device", default=None,
+              help="MLX device: cpu (default) or gpu (Metal, on a Mac); torch stays on the CPU. "
+                   "Recorded in each JSON.")
+def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir, device):
     """Benchmarks, written as JSON (benchmarks/README.md summarises them).
 
     \b
@@ -597,6 +611,8 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     for name in (SUITES if suite == "all" else (suite,)):
         opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \
             else {"backends": tuple(names), "repeats": repeats}
+        if device is not None:
+            opts["device"] = _bench_device(device)
         command = "simclr-xb bench " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))
         try:
             data, path = run_suite(name, size, out_dir, machine, command,
