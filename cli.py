@@ -356,7 +356,8 @@ def demo(backend, out_dir, epochs, device, precision):
 # --------------------------------------------------------------------------- conformance
 @main.command()
 @click.option("--backends", default="torch,mlx", show_default=True,
-              help="Comma-separated backends to compare with the oracle and with each other.")
+              help="Comma-separated implementations to compare with the oracle and with each other: "
+                   "torch, mlx (both MLX devices), mlx-cpu, mlx-gpu.")
 @click.option("--cases", "pattern", default=None,
               help="Only cases matching these comma-separated globs/substrings (e.g. 'nt_xent,bn.*').")
 @click.option("--dtype", type=click.Choice(["float32", "float64", "all"]), default="all", show_default=True)
@@ -371,23 +372,28 @@ def conformance(backends, pattern, dtype, json_out, list_only):
     from simclr_xb.backend import available_backends
     from simclr_xb.conformance.cases import all_cases
     from simclr_xb.conformance.report import HEADER, failed, row, summary, write_json
-    from simclr_xb.conformance.runner import run, select
+    from simclr_xb.conformance.runner import expand_backends, full_float32, run, select
+    tf32 = full_float32()  # before any MLX op: conformance compares full float32
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx"):
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        if b not in ("torch", "mlx", "mlx-cpu", "mlx-gpu"):
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx (= mlx-cpu "
+                            "and mlx-gpu), mlx-cpu or mlx-gpu")
     if list_only:
         for c in select(all_cases(), pattern):
             click.echo(f"{c.name:44s} {c.doc}")
         return
     dtypes = ("float32", "float64") if dtype == "all" else (dtype,)
+    click.echo(f"MLX_ENABLE_TF32={tf32} (full float32); implementations: "
+               f"{', '.join(expand_backends(names))}")
     click.echo(HEADER)
     results = run(names, pattern, dtypes, on_result=lambda r: click.echo(row(r)))
     if not results:
         raise UserError(f"no case matches --cases {pattern!r}; see simclr-xb conformance --list")
     click.echo(f"\n{summary(results)}")
     if json_out:
-        write_json(results, json_out, {k: v for k, v in available_backends().items() if k in names})
+        wanted = {n.split("-")[0] for n in names}
+        write_json(results, json_out, {k: v for k, v in available_backends().items() if k in wanted})
         click.echo(f"wrote {json_out}")
     if failed(results):
         sys.exit(1)
