@@ -549,6 +549,37 @@ def export_(checkpoint, fmt, out_file):
             click.echo(f"note: {note}", err=True)
 
 
+# --------------------------------------------------------------------------- selfcheck
+@main.command()
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default="selfcheck.json",
+              show_default=True, help="The report to send back (one JSON file).")
+@click.option("--steps", type=int, default=20, show_default=True,
+              help="Tiny-preset training steps per device and mode (eager, compiled).")
+@click.option("--batch-size", type=int, default=None, help="Default: the tiny preset's (128).")
+@click.option("--image-size", type=int, default=None, help="Default: the tiny preset's (32).")
+@click.option("--width", type=float, default=None, help="Default: the tiny preset's (0.25).")
+@click.option("--cases", "pattern", default=None,
+              help="Only these conformance cases (globs/substrings; default: all).")
+@click.option("--no-ring", is_flag=True, help="Skip the 2-rank loopback ring test.")
+def selfcheck(json_out, steps, batch_size, image_size, width, pattern, no_ring):
+    """Check this machine's MLX (docs/apple-silicon.md): OS and chip, MLX devices, the TF32
+    setting, conformance on CPU and GPU, tiny-preset steps eager vs compiled with peak memory,
+    a 2-rank ring over loopback. Writes one JSON file; exits 1 if anything failed."""
+    from simclr_xb.selfcheck import failed, run_selfcheck, summary
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    try:
+        doc = run_selfcheck(steps=steps, cases=pattern, batch_size=batch_size, image_size=image_size,
+                            width=width, ring=not no_ring, log=lambda m: click.echo(m, err=True))
+    except _known_errors() as e:
+        _fail(e)
+    Path(json_out).write_text(json.dumps(doc, indent=2, default=str))
+    click.echo(summary(doc))
+    click.echo(f"wrote {json_out}: send this file (docs/apple-silicon.md says how)")
+    if failed(doc):
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------- bench
 def _bench_device(device: str) -> str:
     """``bench --device``: "cpu" or "gpu" (MLX's two devices); one-line error otherwise."""
