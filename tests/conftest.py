@@ -1,7 +1,19 @@
 """Fixtures shared by the test modules."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Full float32 in every test, as in conformance: MLX's default (MLX_ENABLE_TF32 unset = 1) lets
+# M5-class GPUs run float32 matmuls and convolutions at reduced precision
+# (docs/src/usage/precision.rst). MLX reads the variable at its first such op, so it is set
+# here, before any test imports mlx; subprocesses the tests start inherit it.
+os.environ["MLX_ENABLE_TF32"] = "0"
+
+
+def pytest_report_header(config):
+    return f"MLX_ENABLE_TF32={os.environ.get('MLX_ENABLE_TF32')} (full float32, set by tests/conftest.py)"
 
 
 @pytest.fixture(scope="module")
