@@ -112,6 +112,8 @@ def main():
       simclr-xb eval --checkpoint runs/a/last.h5 --data shapes
       simclr-xb conformance --backends torch,mlx
     """
+    from simclr_xb.blas import use_openblas_for_mlx
+    use_openblas_for_mlx()  # Linux + MLX: re-run once with OpenBLAS preloaded (simclr_xb/blas.py)
 
 
 # --------------------------------------------------------------------------- info

@@ -1,7 +1,14 @@
 """Fixtures shared by the test modules."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# `simclr-xb` processes started by tests keep this process's BLAS: without this, simclr_xb/blas.py
+# would re-execute an MLX child with OpenBLAS preloaded, and its float32 results would no longer
+# be comparable with the parent's (tests/test_blas.py lifts it where it tests the re-execution).
+os.environ.setdefault("SIMCLR_XB_NO_OPENBLAS", "1")
 
 
 @pytest.fixture(scope="module")
