@@ -170,6 +170,8 @@ def main(ctx, debug):
       simclr-xb conformance --backends torch,mlx
     """
     ctx.obj = dict(ctx.obj or {}, debug=debug)
+    from simclr_xb.blas import use_openblas_for_mlx
+    use_openblas_for_mlx()  # Linux + MLX: re-run once with OpenBLAS preloaded (simclr_xb/blas.py)
 
 
 # --------------------------------------------------------------------------- info
