@@ -36,6 +36,7 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 STREAM_VIEWS = 0x5157
 STREAM_SHUFFLE = 0x5348
 STREAM_INIT = 0x494E
+STREAM_MONITOR = 0x4B4E  # the kNN monitor's fixed image subsets (simclr_xb/monitor.py)
 
 
 @dataclass
@@ -192,3 +193,13 @@ def identity_params(n: int, hw: tuple[int, int]) -> ViewParams:
         flip=z, jitter=z.copy(), brightness=one, contrast=one.copy(), saturation=one.copy(),
         hue=np.zeros(n), jitter_order=np.tile(np.arange(4, dtype=np.int64), (n, 1)),
         grayscale=z.copy(), blur=z.copy(), blur_sigma=one.copy())
+
+
+def sample_subset(seed: int, n: int, k: int, split: str) -> np.ndarray:
+    """``min(k, n)`` distinct indices of ``range(n)``, sorted, fixed by (seed, split): the kNN
+    monitor's images of one split (all of them, in order, when k >= n)."""
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        [int(seed), STREAM_MONITOR, *split.encode()])))
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
