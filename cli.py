@@ -66,7 +66,8 @@ FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "seed
                "max_steps": "train.max_steps", "precision": "train.precision", "data": "data.name",
                "data_root": "data.root", "compile_": "train.compile", "lr": "optim.base_lr",
                "temperature": "loss.temperature", "arch": "model.arch", "width": "model.width",
-               "image_size": "augment.image_size", "skip_bad_images": "data.skip_bad_images"}
+               "image_size": "augment.image_size", "skip_bad_images": "data.skip_bad_images",
+               "tensorboard": "train.tensorboard"}
 
 
 def requested_fields(overrides: tuple[str, ...], flags: dict) -> list[str]:
@@ -154,6 +155,8 @@ def info():
                    "torch, mlx.launch for mlx). --batch-size stays the GLOBAL batch.")
 @click.option("--hostfile", type=click.Path(dir_okay=False), default=None,
               help="mlx only: an mlx.launch hostfile to run on several machines (docs/distributed.md).")
+@click.option("--tensorboard", is_flag=True, default=None,
+              help="Also write TensorBoard event files into --out (needs simclr-xb[tensorboard]).")
 def train(backend, preset_name, config_file, overrides, out_dir, resume, device, quiet, nproc, hostfile,
           **flags):
     """Pre-train SimCLR and write checkpoints, metrics and a plot into --out.

@@ -3,7 +3,8 @@
 :class:`Progress` draws a one-line bar on a terminal (``\\r`` updates) and prints plain lines
 every ``every`` steps when the output is not a terminal (CI logs, files).
 :class:`MetricsLog` appends one JSON object per step to ``metrics.jsonl``; on resume it drops
-lines from steps after the checkpoint, so the file always describes one trajectory.
+lines from steps after the checkpoint, so the file always describes one trajectory; with
+``tensorboard=True`` it also writes the records as TensorBoard scalars (:mod:`.tblog`).
 """
 from __future__ import annotations
 
@@ -79,8 +80,13 @@ class Progress:
 class MetricsLog:
     """Append-only JSON-lines metrics with truncation to a resume step."""
 
-    def __init__(self, path: str | Path, resume_step: int | None = None):
+    def __init__(self, path: str | Path, resume_step: int | None = None, tensorboard: bool = False):
         self.path = Path(path)
+        # TensorBoard events beside the file, the same records (simclr_xb/tblog.py)
+        self._tb = None
+        if tensorboard:
+            from .tblog import TensorBoardLog
+            self._tb = TensorBoardLog(self.path.parent, resume_step)
         if resume_step is not None and self.path.exists():
             kept = [l for l in self.path.read_text().splitlines()
                     if l.strip() and json.loads(l).get("step", 0) <= resume_step]
@@ -92,9 +98,13 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         self._f.write(json.dumps(record, allow_nan=True) + "\n")
         self._f.flush()
+        if self._tb is not None:
+            self._tb.write(record)
 
     def close(self) -> None:
         self._f.close()
+        if self._tb is not None:
+            self._tb.close()
 
     @staticmethod
     def read(path: str | Path) -> list[dict]:
