@@ -314,7 +314,8 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         drop_partial_metrics(out_dir / "metrics.jsonl")
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None,
                          tensorboard=cfg.train.tensorboard) if is_main else None
-    progress = Progress(end, start, every=cfg.train.log_every, enabled=show_progress and is_main)
+    progress = Progress(end, start, enabled=show_progress and is_main, steps_per_epoch=spe,
+                        interval_s=cfg.train.progress_every_s)
     monitor = KnnMonitor.for_run(cfg, backend, trainer.device, dataset, spe, end, log) if is_main else None
     if is_main:
         log(f"simclr-xb: {backend} on {trainer.device}, {cfg.model.arch} x{cfg.model.width}, "
