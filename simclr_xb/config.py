@@ -218,7 +218,13 @@ class Config:
 
     def validate(self) -> "Config":
         for f in fields(self):
-            getattr(self, f.name).validate()
+            sub = getattr(self, f.name)
+            check_limits(f.name, sub, finite_only=True)  # no inf/nan reaches the rules below
+            try:
+                sub.validate()  # the section's own rules and messages
+            except OverflowError:  # a huge finite value; the limits below name it
+                pass
+            check_limits(f.name, sub)  # then every field's range (also fields added later)
         return self
 
     # --- conversions -------------------------------------------------------------------
@@ -271,6 +277,88 @@ class Config:
 
 _SECTIONS = {f.name for f in fields(Config)}
 
+# --- limits checked for EVERY field (also fields added later), before the sections' own rules --
+# A float (also each float of a tuple) must be finite; a float or int must lie in its LIMITS
+# range, inclusive (a field not listed: DEFAULT_FLOAT_LIMIT / DEFAULT_INT_LIMIT in magnitude);
+# a str holds at most MAX_STR characters and no NUL or newline. A new numeric field should get
+# its own meaningful range here; until then the defaults still refuse inf, nan and 1e30.
+# The sections' validate() add the open bounds and relations (bn_eps > 0, lo <= hi, ...).
+DEFAULT_FLOAT_LIMIT = 1e9
+DEFAULT_INT_LIMIT = 2 ** 53  # exact in JSON and float64
+MAX_STR = 4096
+NONFINITE_OK: frozenset[str] = frozenset()  # float fields where inf/nan mean something (none yet)
+LIMITS: dict[str, tuple[float, float]] = {
+    "model.width": (1 / 64, 16),
+    "model.head_layers": (1, 64),
+    "model.head_hidden": (1, 65536),
+    "model.head_out": (1, 65536),
+    "model.bn_momentum": (0, 1),
+    "model.bn_eps": (0, 0.1),  # an epsilon: small next to a variance (1e-5 in the paper's code)
+    "augment.image_size": (8, 8192),
+    "augment.crop_scale": (0, 1),
+    "augment.crop_ratio": (1e-3, 1e3),
+    "augment.crop_tries": (1, 1000),
+    "augment.blur_sigma": (0, 1000),
+    "loss.temperature": (1e-4, 1e4),
+    "loss.chunk": (1, 2 ** 31 - 1),
+    "optim.base_lr": (0, 1e4),
+    "optim.momentum": (0, 1),
+    "optim.weight_decay": (0, 1),
+    "optim.eta": (0, 1e3),
+    "optim.warmup_epochs": (0, 1e6),
+    "train.batch_size": (2, 2 ** 24),
+    "train.epochs": (1, 10 ** 6),
+    "train.seed": (0, 2 ** 63 - 1),  # stored as int64 in checkpoints, fed to SeedSequence
+    "train.checkpoint_every": (1, 2 ** 62),
+    "train.keep_last": (0, 10 ** 6),
+    "train.log_every": (1, 2 ** 62),
+    "train.max_steps": (1, 2 ** 62),
+    "train.max_skips": (0, 2 ** 62),
+    "data.num_workers": (0, 1024),
+}
+
+
+def _limit_error(name: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"config field {name} = {value!r} is invalid: expected {why}")
+
+
+def _check_number(name: str, v: Any, shown: Any, finite_only: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return
+    if isinstance(v, float) and not math.isfinite(v):
+        if name in NONFINITE_OK:
+            return
+        lo, hi = LIMITS.get(name, (-DEFAULT_FLOAT_LIMIT, DEFAULT_FLOAT_LIMIT))
+        raise _limit_error(name, shown, f"a finite number in [{lo:g}, {hi:g}]")
+    if finite_only:
+        return
+    if name in LIMITS:
+        lo, hi = LIMITS[name]
+    else:
+        m = DEFAULT_FLOAT_LIMIT if isinstance(v, float) else DEFAULT_INT_LIMIT
+        lo, hi = -m, m
+    if not lo <= v <= hi:
+        fmt = (lambda x: f"{x:g}" if isinstance(x, float) else str(x))
+        raise _limit_error(name, shown, f"{'a number' if isinstance(v, float) else 'an integer'} in "
+                                        f"[{fmt(lo)}, {fmt(hi)}]")
+
+
+def check_limits(section: str, obj: Any, finite_only: bool = False) -> None:
+    """Raise ConfigError naming the field unless every field of the section ``obj`` is within
+    the limits above (generic over the dataclass's fields, so new fields are covered);
+    ``finite_only``: only refuse inf/nan (and bad text)."""
+    for f in fields(obj):
+        name, v = f"{section}.{f.name}", getattr(obj, f.name)
+        if isinstance(v, (tuple, list)):
+            for x in v:
+                _check_number(name, x, v, finite_only)
+        elif isinstance(v, str):
+            if len(v) > MAX_STR or any(c in v for c in "\x00\n\r"):
+                raise _limit_error(name, v if len(v) <= 80 else v[:80] + "...",
+                                   f"a text of at most {MAX_STR} characters without NUL or newline")
+        else:
+            _check_number(name, v, v, finite_only)
+
 
 def _parse_scalar(text: str) -> Any:
     lowered = text.lower()
@@ -280,7 +368,7 @@ def _parse_scalar(text: str) -> Any:
         return lowered == "true"
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, an int of > 4300 digits, deep nesting
         return text
 
 
@@ -319,9 +407,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             if not isinstance(value, str):
                 raise TypeError
             return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         shown = hint.__name__ if isinstance(hint, type) else hint_s.replace("NoneType", "None")
-        raise ConfigError(f"config field {name} = {value!r} has the wrong type: expected {shown}") from None
+        text = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ConfigError(f"config field {name} = {text} has the wrong type: expected {shown}") from None
     return value
 
 
@@ -372,9 +461,48 @@ PRESETS = {"imagenet": _imagenet, "cifar": _cifar, "tiny": _tiny}
 
 
 def preset(name: str) -> Config:
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
     return PRESETS[name]().validate()
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few tables of scalars
+
+
+def _read_config_table(path: Path) -> dict[str, Any]:
+    """The parsed top-level table of a config file: at most MAX_CONFIG_BYTES, UTF-8, a table
+    (not a list or a number), whose values are tables of scalars or (for tuples) short lists."""
+    try:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist or is not a regular file")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes: expected a "
+                          f"few [section] tables of field = value")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"config file {path} does not parse: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply: expected [section] tables of "
+                          f"field = value") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} holds a {type(data).__name__}, expected a table of "
+                          f"[section] tables (e.g. {{\"train\": {{\"epochs\": 10}}}})")
+    for section, values in data.items():
+        for key, v in (values.items() if isinstance(values, dict) else ()):
+            if isinstance(v, dict) or (isinstance(v, list) and (len(v) > 16 or any(
+                    isinstance(x, (dict, list)) for x in v))):
+                raise ConfigError(f"{path}: config field {section}.{key} is a nested "
+                                  f"{type(v).__name__}: expected a number, text, boolean or a pair")
+    return data
 
 
 def load_config_file(path: str | Path, base: Config | None = None) -> Config:
@@ -383,14 +511,7 @@ def load_config_file(path: str | Path, base: Config | None = None) -> Config:
     A top-level ``preset = "name"`` key picks the base preset; the tables override it.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {path} does not parse: {e}") from None
+    data = _read_config_table(path)
     if "preset" in data:
         try:
             base = preset(data.pop("preset"))
