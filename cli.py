@@ -67,7 +67,8 @@ FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "seed
                "max_steps": "train.max_steps", "precision": "train.precision", "data": "data.name",
                "data_root": "data.root", "compile_": "train.compile", "lr": "optim.base_lr",
                "temperature": "loss.temperature", "arch": "model.arch", "width": "model.width",
-               "image_size": "augment.image_size", "skip_bad_images": "data.skip_bad_images"}
+               "image_size": "augment.image_size", "skip_bad_images": "data.skip_bad_images",
+               "tensorboard": "train.tensorboard"}
 
 
 def requested_fields(overrides: tuple[str, ...], flags: dict) -> list[str]:
@@ -220,6 +221,8 @@ def info():
 @click.option("--init-from", "init_from", type=click.Path(), default=None,
               help="Start a NEW run (this command's config and schedule) from the weights of this "
                    "checkpoint file or run folder; recorded as train.init_from.")
+@click.option("--tensorboard", is_flag=True, default=None,
+              help="Also write TensorBoard event files into --out (needs simclr-xb[tensorboard]).")
 def train(backend, preset_name, config_file, overrides, out_dir, resume, device, quiet, nproc, hostfile,
           init_from=None, **flags):
     """Pre-train SimCLR and write checkpoints, metrics and a plot into --out.
@@ -711,6 +714,37 @@ def features(checkpoint, data, data_root, out_file, split, with_z, backend, devi
     sizes = ", ".join(f"{s} {n}" for s, n in res["splits"].items())
     z = f", z {res['z_dim']}" if res["z_dim"] else ""
     click.echo(f"wrote {res['path']}: {sizes} images, h {res['feature_dim']}{z} ({res['wall_s']:.0f} s)")
+
+
+# --------------------------------------------------------------------------- views
+@main.command()
+@config_options
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@click.option("--n", "n_images", type=int, default=8, show_default=True,
+              help="Images drawn: the first N of the training step's batch.")
+@click.option("--step", type=int, default=0, show_default=True, help="Training step whose batch and views are drawn.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--backends", default="torch", show_default=True,
+              help="torch, mlx, or torch,mlx: both side by side with their max abs difference.")
+def views(preset_name, config_file, overrides, out_file, n_images, step, split, backends, **flags):
+    """Draw images beside their two augmented views at a training step, with the sampled
+    parameters (crop box, flip, jitter factors and order, gray, blur sigma): the same sampler
+    and backend augment code training uses (simclr_xb/views.py)."""
+    from simclr_xb.views import views_command
+    try:
+        cfg = build_config(preset_name, config_file, overrides, **flags)
+        names = tuple(b.strip() for b in backends.split(",") if b.strip())
+        for b in names:
+            if b not in ("torch", "mlx"):
+                raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        pic = views_command(cfg, out_file, n=n_images, step=step, backends=names, split=split,
+                            inputs=[config_file])
+    except UserError:
+        raise
+    except _known_errors() + (OSError,) as e:
+        _fail(e)
+    diff = f"; max |{names[0]} - {names[1]}| {max(pic.max_abs_diff):.2e}" if len(names) == 2 else ""
+    click.echo(f"wrote {out_file}: {n_images} images x 2 views, step {step}, {', '.join(names)}{diff}")
 
 
 # --------------------------------------------------------------------------- export
