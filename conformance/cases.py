@@ -107,6 +107,10 @@ def _aug_cases() -> list[Case]:
     cases.append(Case("augment.full.16px", "augment", full, "the whole pipeline, blur on"))
     cases.append(Case("augment.full.64px_from_96", "augment", lambda r, dt: full(
         r, dt, AugmentConfig(image_size=64, blur_p=0.5), (96, 80), 4), "ImageNet-like pipeline, k=7"))
+    cases.append(Case("augment.cropped_views", "augment_cropped", lambda r, dt: (
+        _images_u8(r, 6, 16, 16), _params(r, 6, (300, 200)), AUG),
+        "views already cut by the data workers (boxes in 300x200 source pixels): flip, jitter, "
+        "grayscale, blur"))
     cases.append(Case("augment.identity_view", "augment", lambda r, dt: (
         _images_u8(r, 4, 16, 16), identity_params(4, (16, 16)), AUG), "the evaluation view"))
     return cases
@@ -172,6 +176,7 @@ def _layer_cases() -> list[Case]:
         x = _cast(np.maximum(rng.normal(size=(4, hw, hw, spec.in_ch)), 0), dt)
         return x, w, spec, train, cfg.bn_momentum, cfg.bn_eps
 
+    cases += _winograd_cases(block_args)
     for train in (True, False):
         mode = "train" if train else "eval"
         cases.append(Case(f"block.basic.stride2.{mode}", "block",
@@ -193,6 +198,27 @@ def _layer_cases() -> list[Case]:
         cases.append(Case(f"head.bn.{mode}", "head", lambda r, dt, t=train: head_args(r, dt, R18, t)))
         cases.append(Case(f"head.plain_3layer.{mode}", "head",
                           lambda r, dt, t=train: head_args(r, dt, R18_NOBN, t)))
+    return cases
+
+
+# Shapes at which Metal swaps in a Winograd kernel for 3x3 stride-1 convolutions (many
+# channels, many output pixels): C = O = 128 and N*H*W = 4 * 32 * 32 = 4096. Every other case
+# uses width 0.125 (at most 64 channels), which never reaches it.
+R18_W05 = replace(R18, width=0.5)  # layer3.1: a basic block 128 -> 128, stride 1
+
+
+def _winograd_cases(block_args) -> list[Case]:
+    def conv(rng, dt):
+        x = rng.normal(size=(4, 32, 32, 128))
+        w = rng.normal(0, 1 / math.sqrt(128 * 9), (128, 128, 3, 3))
+        return _cast(x, dt), _cast(w, dt), 1, 1
+
+    doc = "Winograd-sized: C = O = 128, 3x3 stride 1, N*H*W = 4096"
+    cases = [Case("conv2d.winograd.3x3s1p1.c128", "conv2d", conv, doc)]
+    for train in (True, False):
+        mode = "train" if train else "eval"
+        cases.append(Case(f"block.basic.winograd.c128.{mode}", "block",
+                          lambda r, dt, t=train: block_args(r, dt, R18_W05, 5, t, 32), doc))
     return cases
 
 
@@ -396,6 +422,69 @@ def _recipe_cases() -> list[Case]:
     return cases
 
 
+# --------------------------------------------------------------------------- data workers
+def photo_like(rng, h: int, w: int) -> np.ndarray:
+    """uint8 (h, w, 3): smooth colour gradients, a few hard-edged discs and mild noise (a JPEG
+    of it has the edges and flat areas of a photograph; pure noise would not)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack([128 + 100 * np.sin(x / (w / 3) + c) * np.cos(y / (h / 2) - c) for c in (0.0, 1.0, 2.0)], -1)
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.25) * min(h, w)
+        img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _worker_views(data: bytes, boxes, size: int, draft: bool) -> np.ndarray:
+    """The data workers' decode + crop + resize (simclr_xb.data.decode.crop_views) -> [0, 1]."""
+    from simclr_xb.data.decode import crop_views
+    out = np.empty((len(boxes), size, size, 3), np.uint8)
+    crop_views(data, boxes, size, out, "case", draft=draft)
+    return out / 255.0
+
+
+def _oracle_views(data: bytes, boxes, size: int, draft: bool) -> np.ndarray:
+    """The oracle's crop-and-resize of the fully decoded image (no draft mode)."""
+    import io
+
+    from PIL import Image
+
+    from simclr_xb import reference
+    with Image.open(io.BytesIO(data)) as im:
+        img = np.asarray(im.convert("RGB"))
+    return reference.crop_resize_antialias(img, boxes, size)
+
+
+def _decode_args(rng, dt, draft: bool):
+    h, w = 600, 800
+    data = _jpeg_bytes(photo_like(rng, h, w))
+    if draft:  # boxes >= 4 x the view side: libjpeg decodes at 1/4 or 1/8 scale
+        boxes = np.array([[0, 0, 600, 800], [50, 100, 400, 300], [10, 20, 300, 520], [200, 300, 256, 260]])
+        return data, boxes, 64, True
+    crop = sample_view_params(rng, AugmentConfig(image_size=96), 6, (h, w)).crop
+    return data, np.concatenate([crop, [[0, 0, 600, 800], [5, 7, 90, 100]]]), 96, False
+
+
+def _data_cases() -> list[Case]:
+    impls = {"core": _worker_views, "reference": _oracle_views}
+    return [Case("data.decode_crop_resize", None, lambda r, dt: _decode_args(r, dt, False),
+                 "workers' JPEG decode + crop + antialiased resize vs the oracle on the decoded image",
+                 kind="core", impls=impls, dtypes=("float64",)),
+            Case("data.decode_crop_resize.draft", None, lambda r, dt: _decode_args(r, dt, True),
+                 "the same with JPEG draft mode (DCT-scaled decode) for boxes >= 4x the view",
+                 kind="core", impls=impls, dtypes=("float64",))]
+
+
 def all_cases() -> list[Case]:
     return (_aug_cases() + _layer_cases() + _ntxent_cases() + _lars_cases() + [SCHEDULE_CASE]
-            + _step_cases() + [CROSSLOAD_CASE] + _recipe_cases())
+            + _step_cases() + [CROSSLOAD_CASE] + _recipe_cases()
+            + _data_cases())

@@ -742,3 +742,78 @@ def train_step(weights, momenta, images_u8, p1: ViewParams, p2: ViewParams, lr: 
     new_weights.update(new_params)
     new_weights.update(bn_updates)
     return loss, new_weights, {**momenta, **new_mom}
+
+
+# --------------------------------------------------------------------------- large-image crop
+
+
+def augment_cropped(views_u8: np.ndarray, params: ViewParams, cfg: AugmentConfig) -> np.ndarray:
+    """The pipeline after the crop, for views (N, S, S, 3) the data workers already cut and
+    resized: :func:`augment` with every box the whole S x S view (resizing to the same size is
+    the identity), i.e. flip -> jitter -> grayscale -> blur from ``params``."""
+    import dataclasses
+    S = cfg.image_size
+    whole = np.tile(np.array([[0, 0, S, S]], np.int64), (len(params), 1))
+    return augment(views_u8, dataclasses.replace(params, crop=whole), cfg)
+
+
+def _resample_filter(name: str):
+    """Pillow's separable filters as (function, support): the triangle ("bilinear") and the
+    Keys cubic with a = -0.5 ("bicubic"), both in units of output pixels before scaling."""
+    if name == "bilinear":
+        return (lambda t: np.maximum(0.0, 1.0 - np.abs(t))), 1.0
+    if name == "bicubic":
+        a = -0.5
+
+        def cubic(t):
+            t = np.abs(t)
+            return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                            np.where(t < 2, (((t - 5) * t + 8) * t - 4) * a, 0.0))
+        return cubic, 2.0
+    raise ValueError(f"resample filter {name!r} is invalid: expected 'bilinear' or 'bicubic'")
+
+
+def resample_matrix(in_size: int, start: float, length: float, size: int,
+                    filter: str = "bilinear") -> np.ndarray:
+    """(size, in_size) float64: the 1-D antialiased resize of the interval [start, start +
+    length) of a line of ``in_size`` pixels to ``size`` samples (Pillow's ``resize`` with a
+    ``box``): scale = length / size, the filter is widened by max(scale, 1) when shrinking,
+    output o is centred at start + (o + 0.5) scale, pixel x at x + 0.5, taps limited to
+    [int(centre - support + 0.5), int(centre + support + 0.5)) within the line, and each row
+    normalised to sum 1."""
+    fn, support = _resample_filter(filter)
+    scale = length / size
+    fscale = max(scale, 1.0)
+    support = support * fscale
+    m = np.zeros((size, in_size))
+    for o in range(size):
+        centre = start + (o + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), in_size)
+        x = np.arange(lo, hi, dtype=np.float64)
+        w = fn((x - centre + 0.5) / fscale)
+        s = w.sum()
+        m[o, lo:hi] = w / s if s != 0 else 0.0
+    return m
+
+
+def crop_resize_antialias(image_u8: np.ndarray, boxes: np.ndarray, size: int,
+                          filter: str = "bilinear") -> np.ndarray:
+    """The large-image view crop: box ``(top, left, height, width)`` of ONE decoded image
+    (H, W, 3) uint8 resized to (size, size) with an antialiased separable filter (see
+    :func:`resample_matrix`; rows then columns, in float64, no rounding in between)
+    -> (K, size, size, 3) float64 in [0, 1] for K boxes.
+
+    This defines what the data workers (:mod:`simclr_xb.data.decode`) compute for images
+    read from files: Pillow's 8-bit resampler rounds to uint8 after each pass (and JPEG draft
+    mode decodes at a reduced DCT scale), which the conformance case
+    ``data.decode_crop_resize`` bounds."""
+    img = np.asarray(image_u8, dtype=np.float64) / 255.0
+    H, W = img.shape[:2]
+    out = np.empty((len(boxes), size, size, img.shape[2]))
+    for k, (top, left, h, w) in enumerate(np.asarray(boxes, dtype=np.int64)):
+        my = resample_matrix(H, float(top), float(h), size, filter)
+        mx_ = resample_matrix(W, float(left), float(w), size, filter)
+        rows = (my @ img.reshape(H, -1)).reshape(size, W, -1)  # (size, W, 3)
+        out[k] = np.einsum("px,oxc->opc", mx_, rows)
+    return _clamp(out)

@@ -307,3 +307,26 @@ def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype=mx.float32)
     if recipe == "tf2":
         x = _clamp(x)
     return gaussian_blur(x, params.blur_sigma, params.blur, cfg.blur_kernel_size, recipe)
+
+
+def full_boxes(params: ViewParams, size: int) -> ViewParams:
+    """``params`` with every crop box replaced by the whole (size x size) view."""
+    import dataclasses
+    return dataclasses.replace(params, crop=np.tile(np.array([[0, 0, size, size]], np.int64), (len(params), 1)))
+
+
+def augment_cropped(views_u8, params: ViewParams, cfg: AugmentConfig, dtype=mx.float32) -> mx.array:
+    """The view pipeline after the crop: uint8 views (N, S, S, 3) that the data workers already
+    cut from the original images and resized to S = cfg.image_size (simclr_xb.data.stream)
+    -> float (N, S, S, 3): flip, colour jitter, grayscale and blur from ``params`` (the same
+    sampled parameters; ``params.crop`` is the box in source pixels, already applied).
+
+    This is :func:`augment` with each box replaced by the whole S x S view: a resize to the
+    same size samples every pixel at its own centre with weight 0 on the neighbour (an exact
+    copy)."""
+    S = cfg.image_size
+    shape = tuple(views_u8.shape)
+    if len(shape) != 4 or shape[1:3] != (S, S) or shape[0] != len(params):
+        raise ValueError(f"augment_cropped expects {len(params)} uint8 views ({len(params)}, {S}, {S}, 3), "
+                         f"got shape {shape}")
+    return augment(views_u8, full_boxes(params, S), cfg, dtype)

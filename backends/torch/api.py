@@ -39,7 +39,7 @@ from .step import SimCLRModel, Trainer, set_weights
 __all__ = [
     "available", "version", "devices", "to_float", "resized_crop", "hflip", "adjust_brightness",
     "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter", "grayscale",
-    "gaussian_blur", "augment", "batch_norm", "conv2d", "block", "encoder", "head", "forward",
+    "gaussian_blur", "augment", "augment_cropped", "batch_norm", "conv2d", "block", "encoder", "head", "forward",
     "nt_xent", "nt_xent_grad", "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step",
     "Trainer",
 ]
@@ -149,6 +149,10 @@ def gaussian_blur(x, sigma, mask, kernel_size, dtype="float32", recipe="torchvis
 
 def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype="float32"):
     return _out(_aug.augment(np.asarray(images_u8), params, cfg, dtype, device=DEVICE))
+
+
+def augment_cropped(views_u8, params: ViewParams, cfg: AugmentConfig, dtype="float32"):
+    return _out(_aug.augment_cropped(np.asarray(views_u8), params, cfg, dtype, device=DEVICE))
 
 
 # --------------------------------------------------------------------------- layers
