@@ -269,7 +269,6 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
             dist.abort(1, _on_rank(dist, f"failed with {type(e).__name__}: {e}"))
         raise
     if dist is None or dist.is_main:
-        _write_text(Path(out_dir) / "config.json", json.dumps((res.config or cfg).to_dict(), indent=2))
         click.echo(f"done: {res.stopped} at step {res.step}/{res.total_steps}, final loss "
                    f"{res.final_loss:.4f}, {res.wall_s:.0f} s; checkpoint {res.checkpoint}")
     if dist is not None:

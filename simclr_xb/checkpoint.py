@@ -262,6 +262,43 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
                       versions=json.loads(attrs.get("versions", "{}")), path=path)
 
 
+# Temp files of atomic_write (checkpoints) and save_rolling (last.h5), and the write test of train().
+_TEMP_RE = re.compile(r"^\.(?:ckpt-\d+\.h5|last\.h5)\.tmp-(\d+)$|^\.write-test-\d+$")
+
+
+def _stale_pid(pid: int) -> bool:
+    """True if no process ``pid`` exists, or it is this one (nothing written yet; pids repeat
+    across container restarts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def remove_stale_temp_files(out_dir: Path, log=None) -> list[Path]:
+    """Delete temporary files that a killed run left in ``out_dir`` (a checkpoint's temp file
+    whose writer process is gone, the write-test file); returns what was removed."""
+    removed = []
+    for f in out_dir.iterdir() if out_dir.is_dir() else []:
+        m = _TEMP_RE.match(f.name)
+        if m is None or (m.group(1) and not _stale_pid(int(m.group(1)))):
+            continue
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    if removed and log:
+        log(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+            f"{', '.join(f.name for f in removed)}")
+    return removed
+
+
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.h5$")
 
 

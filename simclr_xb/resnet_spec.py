@@ -99,6 +99,20 @@ def encoder_layout(cfg: ModelConfig) -> EncoderLayout:
     return EncoderLayout(7, 2, 3, True, base, tuple(blocks), in_ch)
 
 
+def stage_sides(cfg: ModelConfig, image_size: int) -> dict[str, int]:
+    """Side of the encoder's feature map after the stem and after each stage for square inputs
+    of ``image_size`` (padding keeps every side >= 1, so any size >= 1 runs)."""
+    lay = encoder_layout(cfg)
+    side = (image_size + 2 * lay.stem_pad - lay.stem_kernel) // lay.stem_stride + 1
+    if lay.maxpool:
+        side = (side - 1) // 2 + 1  # 3x3, stride 2, padding 1
+    out = {"stem": side}
+    for b in lay.blocks:
+        side = (side - 1) // b.stride + 1  # 3x3 (or 1x1 shortcut) with padding: ceil(side / stride)
+        out[b.prefix.split(".")[1]] = side
+    return out
+
+
 def feature_dim(cfg: ModelConfig) -> int:
     """Width of h, the representation after global average pooling."""
     return encoder_layout(cfg).feature_dim

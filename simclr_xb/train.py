@@ -8,6 +8,10 @@ For every global step s (0-based; the checkpoint after s steps stores ``step = s
     metrics        = trainer.train_step(images, labels, p1, p2, lr)          # backend
     -> non-finite guard -> metrics.jsonl -> progress -> checkpoint every N steps and at the end
 
+The phases are named functions, in order: :func:`open_resume`, :func:`prepare_out_dir`,
+:func:`restore`, :func:`make_loader`, then :func:`run_steps` (:func:`step_or_skip`,
+:func:`log_step`, :func:`save` each step) and :func:`finish` (training.png, config.json).
+
 Because every random draw is a function of (seed, epoch, step, rank), a resumed run replays
 exactly the trajectory of an uninterrupted one. SIGINT/SIGTERM finish the current step, write a
 checkpoint and return; a non-finite loss stops the run (or skips the step when the config says
@@ -31,31 +35,27 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .augment import sample_pair
 from .backend import get_backend
-from .checkpoint import Checkpoint, CheckpointError, latest_good, library_versions, save_rolling
+from .checkpoint import (Checkpoint, CheckpointError, atomic_write, latest_good, library_versions,
+                         remove_stale_temp_files, save_rolling)
 from .config import Config, ConfigError
 from .monitor import KnnMonitor
 from .progress import MetricsLog, Progress
+from .resnet_spec import stage_sides
 from .schedules import LRSchedule
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or a gradient) became NaN/Inf; the message says where and what was kept."""
-
-
-class TrainingInterrupted(RuntimeError):
-    pass
 
 
 @dataclass
@@ -159,26 +159,11 @@ def stream_train_loader(cfg: Config, dataset, per_rank: int, rank: int, world: i
     return loader
 
 
-def stage_sides(cfg: Config) -> dict[str, int]:
-    """Side of the encoder's feature map after the stem and after each stage, for
-    ``cfg.augment.image_size`` (padding keeps every side >= 1, so any size >= 1 runs)."""
-    from .resnet_spec import encoder_layout
-    lay = encoder_layout(cfg.model)
-    side = (cfg.augment.image_size + 2 * lay.stem_pad - lay.stem_kernel) // lay.stem_stride + 1
-    if lay.maxpool:
-        side = (side - 1) // 2 + 1  # 3x3, stride 2, padding 1
-    out = {"stem": side}
-    for b in lay.blocks:
-        side = (side - 1) // b.stride + 1  # 3x3 (or 1x1 shortcut) with padding: ceil(side / stride)
-        out[b.prefix.split(".")[1]] = side
-    return out
-
-
 def small_image_warning(cfg: Config) -> str | None:
     """A warning when the ImageNet stem shrinks the feature map to 1x1 before the last stage."""
     if cfg.model.cifar_stem:
         return None
-    sides = stage_sides(cfg)
+    sides = stage_sides(cfg.model, cfg.augment.image_size)
     collapsed = [k for k, v in sides.items() if v == 1]
     if not collapsed or collapsed[0] == "layer4":
         return None
@@ -187,42 +172,6 @@ def small_image_warning(cfg: Config) -> str | None:
             f"{cfg.augment.image_size} leaves 1x1 feature maps from {collapsed[0]} on (sides: {shown}); "
             f"it trains, but the 3x3 convolutions there see only their centre tap. For small images "
             f"use the CIFAR stem (--set model.cifar_stem=true) or an image_size >= 32")
-
-
-_TEMP_RE = re.compile(r"^\.(?:ckpt-\d+\.h5|last\.h5)\.tmp-(\d+)$|^\.write-test-\d+$")
-
-
-def _stale_pid(pid: int) -> bool:
-    """True if no process ``pid`` exists, or it is this one (nothing written yet; pids repeat
-    across container restarts)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False
-
-
-def remove_stale_temp_files(out_dir: Path, log=None) -> list[Path]:
-    """Delete temporary files that a killed run left in ``out_dir`` (a checkpoint's temp file
-    whose writer process is gone, the write-test file); returns what was removed."""
-    removed = []
-    for f in out_dir.iterdir() if out_dir.is_dir() else []:
-        m = _TEMP_RE.match(f.name)
-        if m is None or (m.group(1) and not _stale_pid(int(m.group(1)))):
-            continue
-        try:
-            f.unlink()
-            removed.append(f)
-        except OSError:
-            pass
-    if removed and log:
-        log(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
-            f"{', '.join(f.name for f in removed)}")
-    return removed
 
 
 def drop_partial_metrics(path: Path) -> int:
@@ -282,59 +231,47 @@ def _nonfinite_entries(state: dict[str, np.ndarray]) -> list[str]:
             if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
 
 
-def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str | Path | None = None,
-          device: str | None = None, show_progress: bool = True, dataset=None, dist=None,
-          log=print, requested_fields=()) -> TrainResult:
-    """Pre-train SimCLR; write checkpoints, metrics.jsonl and a plot into ``out_dir``.
+def _quiet(message: str) -> None:
+    pass
 
-    ``resume``: a checkpoint file or run folder; its config replaces ``cfg`` except for
-    :data:`RESUME_SAFE_FIELDS` (``requested_fields``: fields the user set explicitly, which must
-    then agree with the checkpoint, see :func:`resume_config`). ``dataset``: an already loaded
-    training Dataset (else read from ``cfg.data``). ``dist``: the distributed context
-    (rank/world) or None.
-    """
-    from .data import BatchLoader
 
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    is_main = rank == 0
+# ----------------------------------------------------------------------------- set-up phases
+def open_resume(resume, cfg: Config, requested_fields, world: int, is_main: bool, log):
+    """The checkpoint to resume from (None for a new run) and the config the run uses."""
+    if resume is None:
+        return None, cfg
+    ckpt = latest_good(resume, warn=lambda m: log(f"warning: {m}"))
+    ckpt.check_fits_config()
+    cfg = resume_config(ckpt.config, cfg, requested_fields, where=str(ckpt.path))
+    if is_main:
+        log(f"resuming from {ckpt.path} (step {ckpt.step}, written by the {ckpt.backend or '?'} backend)")
+        if int(ckpt.extra.get("world", world)) != world:
+            log(f"warning: the checkpoint was written by {int(ckpt.extra['world'])} processes, this run "
+                f"has {world}: the per-rank augmentation streams differ from an uninterrupted run")
+    return ckpt, cfg
 
-    ckpt = None
-    if resume is not None:
-        ckpt = latest_good(resume, warn=lambda m: log(f"warning: {m}"))
-        ckpt.check_fits_config()
-        cfg = resume_config(ckpt.config, cfg, requested_fields, where=str(ckpt.path))
-        if is_main:
-            log(f"resuming from {ckpt.path} (step {ckpt.step}, written by the {ckpt.backend or '?'} backend)")
-            if int(ckpt.extra.get("world", world)) != world:
-                log(f"warning: the checkpoint was written by {int(ckpt.extra['world'])} processes, this run "
-                    f"has {world}: the per-rank augmentation streams differ from an uninterrupted run")
-    cfg.validate()
-    from .inputs import check_train_memory
-    check_train_memory(cfg, world)  # before any data, model or loader is allocated
 
-    if is_main:  # before reading any data: a bad --out fails at once
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            probe_file = out_dir / f".write-test-{rank}"
-            probe_file.write_text("")
-            probe_file.unlink()
-        except OSError as e:
-            raise CheckpointError(f"output folder {out_dir} is not writable ({e.strerror}: "
-                                  f"{e.filename}): choose another --out") from None
-        remove_stale_temp_files(out_dir, log=log)
-        claim_run(out_dir, ckpt, cfg)
-        warning = small_image_warning(cfg)
-        if warning:
-            log(f"warning: {warning}")
+def prepare_out_dir(out_dir: Path, rank: int, ckpt, cfg: Config, log) -> None:
+    """Rank 0, before reading any data (a bad --out fails at once): the folder is writable,
+    temp files of a killed run are gone, the run identity is claimed."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe_file = out_dir / f".write-test-{rank}"
+        probe_file.write_text("")
+        probe_file.unlink()
+    except OSError as e:
+        raise CheckpointError(f"output folder {out_dir} is not writable ({e.strerror}: "
+                              f"{e.filename}): choose another --out") from None
+    remove_stale_temp_files(out_dir, log=log)
+    claim_run(out_dir, ckpt, cfg)
+    warning = small_image_warning(cfg)
+    if warning:
+        log(f"warning: {warning}")
 
-    if dataset is None:
-        dataset = load_train_data(cfg)
-    if is_main and getattr(dataset, "skipped", 0):
-        log(f"warning: skipped {dataset.skipped} undecodable image(s) in {dataset.source or dataset.name}")
+
+def check_batch(cfg: Config, dataset, world: int) -> int:
+    """The per-rank batch size; the global batch must split evenly and fit the dataset."""
     n_images = len(dataset.labels)
-    per_rank = cfg.train.batch_size // world
     if cfg.train.batch_size % world:
         raise ConfigError(f"config field train.batch_size = {cfg.train.batch_size} must be divisible "
                           f"by the number of processes ({world})")
@@ -342,37 +279,272 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         raise ConfigError(f"config field train.batch_size = {cfg.train.batch_size} is larger than the "
                           f"dataset {dataset.name} ({n_images} training images): expected a batch "
                           f"size <= {n_images}")
+    return cfg.train.batch_size // world
+
+
+def restore(trainer, ckpt, cfg: Config, dataset, num_classes, log) -> int:
+    """Load the resumed checkpoint (or ``--init-from`` weights) into ``trainer``; the first step."""
+    if ckpt is None:
+        if cfg.train.init_from:
+            init_from_checkpoint(trainer, cfg, log)
+        return 0
+    if ckpt.extra.get("num_classes") is not None and int(ckpt.extra["num_classes"]) != int(num_classes or 0):
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} has an online probe for {int(ckpt.extra['num_classes'])} "
+            f"classes, but the dataset {dataset.name} has {len(dataset.classes)}: resume with "
+            f"the data it was trained on")
+    try:
+        trainer.load_state_dict(ckpt.state_dict())
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit the model of its own config "
+                              f"({cfg.model.arch} x{cfg.model.width}, cifar_stem "
+                              f"{cfg.model.cifar_stem}): {e}") from None
+    return ckpt.step
+
+
+def make_loader(cfg: Config, dataset, per_rank: int, rank: int, world: int, stream: bool):
+    """Batches of one rank: views cut by the workers (stream) or whole images (in memory)."""
+    if stream:
+        return stream_train_loader(cfg, dataset, per_rank, rank, world)
+    from .data import BatchLoader
+    return BatchLoader(dataset.images, dataset.labels, per_rank, seed=cfg.train.seed, rank=rank,
+                       world=world, drop_last=True, shuffle=True, prefetch=2,
+                       num_workers=cfg.data.num_workers)
+
+
+# ----------------------------------------------------------------------------- the loop's state
+@dataclass
+class _Run:
+    """What the loop's phases share: fixed for the run, then the counters the loop advances."""
+    cfg: Config
+    backend: str
+    out_dir: Path
+    trainer: object
+    dist: object
+    rank: int
+    world: int
+    per_rank: int
+    hw: tuple[int, int]
+    stream: bool
+    num_classes: int | None
+    spe: int  # steps per epoch
+    start: int
+    end: int
+    t_start: float
+    log: object
+    step: int = 0
+    loss: float = float("nan")
+    skips: int = 0
+    recent: list = field(default_factory=list)  # wall time of the last 20 steps
+    last_path: Path | None = None
+    last_step: int | None = None
+    stopped: str = "completed"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def kept(self) -> str:
+        return (f"the last good checkpoint is {self.last_path} (step {self.last_step})" if self.last_path
+                else "no checkpoint had been written yet")
+
+
+# ----------------------------------------------------------------------------- loop phases
+def step_or_skip(run: _Run, batch, epoch: int, schedule: LRSchedule, progress: Progress):
+    """One optimizer step on ``batch`` (or a skipped one); returns ``(metrics, lr, skipped)``.
+
+    A non-finite loss or gradient is skipped while ``train.on_nonfinite = "skip"`` allows it,
+    else it stops the run with :class:`NonFiniteLossError`."""
+    cfg = run.cfg
+    if run.stream:  # views already cut by the workers, from the boxes drawn for them
+        images, labels, (p1, p2) = batch.views, batch.labels, batch.params
+        kw = {"cropped": True}
+    else:
+        images, labels, kw = batch.images, batch.labels, {}
+        p1, p2 = sample_pair(cfg.augment, run.per_rank, run.hw, cfg.train.seed, epoch, run.step, run.rank)
+    skip_mode = cfg.train.on_nonfinite == "skip"
+    if skip_mode:
+        kw["skip_nonfinite"] = True
+    lr = schedule(run.step)
+    m = run.trainer.train_step(images, labels if run.num_classes else None, p1, p2, lr, **kw)
+    run.loss = float(m["loss"])
+    skipped = bool(m.get("skipped")) or not math.isfinite(run.loss)
+    if not skipped:
+        return m, lr, False
+    if skip_mode and run.skips < cfg.train.max_skips:
+        run.skips += 1
+        if run.is_main:
+            progress.close()
+            run.log(f"warning: non-finite loss or gradient at step {run.step} (epoch {epoch}); step "
+                    f"skipped, model unchanged ({run.skips}/{cfg.train.max_skips} skips allowed by "
+                    f"train.max_skips)")
+        return m, lr, True
+    what = (f"loss became {run.loss}" if not m.get("skipped") else
+            "the loss or a gradient became non-finite")
+    limit = (f" after {run.skips} skipped step(s) (train.max_skips = {cfg.train.max_skips})"
+             if skip_mode else "")
+    hint = "raise train.max_skips" if skip_mode else "set train.on_nonfinite=skip"
+    advice = (f"Lower optim.base_lr, raise loss.temperature, or {hint}" if run.step > run.start else
+              "This is the first step of the run (the weights are as initialised or loaded), so the "
+              "learning rate is not the cause: check the data (a batch of identical images, e.g. all "
+              "black, gives z = 0, whose cosine similarity is undefined) and the checkpoint")
+    raise NonFiniteLossError(f"{what} at step {run.step} (epoch {epoch}, lr {lr:.4g}){limit}; "
+                             f"training stopped and {run.kept()}. {advice}")
+
+
+def log_step(run: _Run, m: dict, lr: float, epoch: int, skipped: bool, metrics: MetricsLog,
+             progress: Progress, monitor) -> None:
+    """Rank 0, after step ``run.step``: one line of metrics.jsonl (and TensorBoard), the progress
+    line, and the kNN monitor when it is due."""
+    ips = run.cfg.train.batch_size / (sum(run.recent) / len(run.recent))
+    rec = {"step": run.step, "epoch": epoch, "loss": run.loss, "lr": lr,
+           "images_per_s": round(ips, 2), "time": round(time.perf_counter() - run.t_start, 3)}
+    if skipped:
+        rec.update(skipped=True, skips=run.skips)
+    for k in ("probe_loss", "probe_acc"):
+        if k in m:
+            rec[k] = float(m[k])
+    rec.update(monitor.after_step(run.trainer, run.step) if monitor else {})
+    metrics.write(rec)
+    shown = {"loss": run.loss, "lr": lr, "img/s": round(ips, 1)}
+    if "probe_acc" in m:
+        shown["probe"] = f"{100 * float(m['probe_acc']):.0f}%"
+    shown.update(monitor.shown() if monitor else {})
+    progress.update(run.step, epoch=epoch, **shown)
+
+
+def save(run: _Run, step: int) -> None:
+    """Rank 0 writes ``ckpt-<step>.h5`` and points last.h5 at it; never a checkpoint with NaN/Inf."""
+    if not run.is_main:
+        run.last_step = step
+        return
+    cfg, spe = run.cfg, run.spe
+    state = run.trainer.state_dict()
+    bad = _nonfinite_entries(state)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFiniteLossError(
+            f"the weights hold NaN/Inf ({bad[0]}{more}) at step {step}, so no checkpoint was "
+            f"written; a gradient became non-finite while the loss was finite. Training "
+            f"stopped and {run.kept()}. Lower optim.base_lr, raise loss.temperature, or set "
+            f"train.on_nonfinite=skip")
+    weights = {k: v for k, v in state.items() if not k.startswith("momentum/")}
+    momentum = {k[len("momentum/"):]: v for k, v in state.items() if k.startswith("momentum/")}
+    extra = {"rng_seed": np.int64(cfg.train.seed), "rng_epoch": np.int64(step // spe),
+             "rng_step": np.int64(step), "world": np.int64(run.world),
+             "num_classes": np.int64(run.num_classes or 0)}
+    versions = library_versions()
+    if run.stream:  # the decoder decides the pixels of every view
+        from .data.decode import decoder_versions
+        versions.update(decoder_versions())
+    ck = Checkpoint(config=cfg, weights=weights, momentum=momentum, extra=extra,
+                    epoch=step // spe, step=step, backend=run.backend, versions=versions)
+    run.last_path = save_rolling(run.out_dir, ck, cfg.train.keep_last)
+    run.last_step = step
+
+
+def stop_requested(run: _Run, stop: _StopFlag) -> bool:
+    """True once this rank (or, distributed, any rank) was signalled: all stop at the same step."""
+    if run.dist is not None and run.dist.any(stop.signum is not None) and stop.signum is None:
+        stop.signum = signal.SIGTERM  # another rank was signalled
+    return stop.signum is not None
+
+
+def run_steps(run: _Run, loader, schedule: LRSchedule, metrics, progress: Progress, monitor) -> None:
+    """The loop from ``run.step`` to ``run.end``: step-or-skip, log, save; a signal (on any rank)
+    ends it after the current step with a checkpoint."""
+    cfg, spe = run.cfg, run.spe
+    with _StopFlag() as stop:
+        epoch = run.step // spe
+        while run.step < run.end:
+            for batch in loader.epoch(epoch, start_step=run.step % spe):
+                t0 = time.perf_counter()
+                m, lr, skipped = step_or_skip(run, batch, epoch, schedule, progress)
+                run.step += 1
+                run.recent = (run.recent + [time.perf_counter() - t0])[-20:]
+                if run.is_main:
+                    log_step(run, m, lr, epoch, skipped, metrics, progress, monitor)
+                if run.step % cfg.train.checkpoint_every == 0 and run.step < run.end:
+                    save(run, run.step)
+                if stop_requested(run, stop) or run.step >= run.end:
+                    break
+            if stop.signum is not None:
+                run.stopped = "signal"
+                if run.is_main:
+                    progress.close()
+                    run.log(f"received signal {stop.signum} ({signal.Signals(stop.signum).name}): "
+                            f"writing a checkpoint at step {run.step} and stopping; continue with "
+                            f"--resume {run.out_dir}")
+                break
+            epoch += 1
+        save(run, run.step)
+        if run.dist is not None:
+            run.dist.barrier()  # every rank returns once rank 0's last checkpoint is written
+
+
+def finish(run: _Run) -> None:
+    """Rank 0, after the loop: the skip count, training.png and config.json."""
+    if run.skips:
+        run.log(f"warning: {run.skips} step(s) skipped for non-finite values (train.max_skips = "
+                f"{run.cfg.train.max_skips})")
+    try:
+        from .plot import training_plot
+        records = MetricsLog.read(run.out_dir / "metrics.jsonl")
+        if records:
+            training_plot(records, run.out_dir / "training.png")
+    except Exception as e:  # noqa: BLE001 - a plot must never fail a run
+        run.log(f"warning: could not draw training.png: {e}")
+    text = json.dumps(run.cfg.to_dict(), indent=2)
+    atomic_write(run.out_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
+
+
+# ----------------------------------------------------------------------------- train()
+def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str | Path | None = None,
+          device: str | None = None, show_progress: bool = True, dataset=None, dist=None,
+          log=print, requested_fields=()) -> TrainResult:
+    """Pre-train SimCLR; write checkpoints, metrics.jsonl, training.png and config.json into
+    ``out_dir``.
+
+    ``resume``: a checkpoint file or run folder; its config replaces ``cfg`` except for
+    :data:`RESUME_SAFE_FIELDS` (``requested_fields``: fields the user set explicitly, which must
+    then agree with the checkpoint, see :func:`resume_config`). ``dataset``: an already loaded
+    training Dataset (else read from ``cfg.data``). ``dist``: the distributed context
+    (rank/world) or None.
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    is_main = rank == 0
+
+    # resume: the checkpoint and its config, the output folder, the data, the model
+    ckpt, cfg = open_resume(resume, cfg, requested_fields, world, is_main, log)
+    cfg.validate()
+    from .inputs import check_train_memory
+    check_train_memory(cfg, world)  # before any data, model or loader is allocated
+    if is_main:
+        prepare_out_dir(out_dir, rank, ckpt, cfg, log)
+    if dataset is None:
+        dataset = load_train_data(cfg)
+    if is_main and getattr(dataset, "skipped", 0):
+        log(f"warning: skipped {dataset.skipped} undecodable image(s) in {dataset.source or dataset.name}")
+    per_rank = check_batch(cfg, dataset, world)
     stream = getattr(dataset, "is_stream", False)
     hw = tuple(int(v) for v in np.median(dataset.hw, axis=0)) if stream else tuple(dataset.images.shape[1:3])
     num_classes = len(dataset.classes) if (cfg.optim.probe and dataset.labels is not None) else None
+    trainer = get_backend(backend).Trainer(cfg, num_classes, device=device, dist=dist)
+    start = restore(trainer, ckpt, cfg, dataset, num_classes, log if is_main else _quiet)
 
-    api = get_backend(backend)
-    trainer = api.Trainer(cfg, num_classes, device=device, dist=dist)
-    start = 0
-    if ckpt is not None:
-        if ckpt.extra.get("num_classes") is not None and int(ckpt.extra["num_classes"]) != int(num_classes or 0):
-            raise CheckpointError(
-                f"checkpoint {ckpt.path} has an online probe for {int(ckpt.extra['num_classes'])} "
-                f"classes, but the dataset {dataset.name} has {len(dataset.classes)}: resume with "
-                f"the data it was trained on")
-        try:
-            trainer.load_state_dict(ckpt.state_dict())
-        except ValueError as e:
-            raise CheckpointError(f"checkpoint {ckpt.path} does not fit the model of its own config "
-                                  f"({cfg.model.arch} x{cfg.model.width}, cifar_stem "
-                                  f"{cfg.model.cifar_stem}): {e}") from None
-        start = ckpt.step
-    elif cfg.train.init_from:
-        init_from_checkpoint(trainer, cfg, log if is_main else (lambda m: None))
-
-    loader = stream_train_loader(cfg, dataset, per_rank, rank, world) if stream else \
-        BatchLoader(dataset.images, dataset.labels, per_rank, seed=cfg.train.seed, rank=rank,
-                    world=world, drop_last=True, shuffle=True, prefetch=2,
-                    num_workers=cfg.data.num_workers)
+    loader = make_loader(cfg, dataset, per_rank, rank, world, stream)
     spe = loader.steps_per_epoch
     schedule = LRSchedule(cfg, spe)
     total = cfg.train.epochs * spe
     end = total if cfg.train.max_steps is None else min(total, cfg.train.max_steps)
+    run = _Run(cfg=cfg, backend=backend, out_dir=out_dir, trainer=trainer, dist=dist, rank=rank,
+               world=world, per_rank=per_rank, hw=hw, stream=stream, num_classes=num_classes, spe=spe,
+               start=start, end=end, t_start=t_start, log=log, step=start,
+               last_path=ckpt.path if ckpt is not None else None,
+               last_step=ckpt.step if ckpt is not None else None,
+               stopped="completed" if end == total else "max_steps")
 
     if is_main and ckpt is not None:
         drop_partial_metrics(out_dir / "metrics.jsonl")
@@ -383,147 +555,19 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
     monitor = KnnMonitor.for_run(cfg, backend, trainer.device, dataset, spe, end, log) if is_main else None
     if is_main:
         log(f"simclr-xb: {backend} on {trainer.device}, {cfg.model.arch} x{cfg.model.width}, "
-            f"{n_images} images of {'median ' if stream else ''}{hw[0]}x{hw[1]} from {dataset.name}, batch {cfg.train.batch_size}, "
-            f"{spe} steps/epoch, steps {start}->{end} of {total}, peak lr {schedule.peak:.4g}")
+            f"{len(dataset.labels)} images of {'median ' if stream else ''}{hw[0]}x{hw[1]} from "
+            f"{dataset.name}, batch {cfg.train.batch_size}, {spe} steps/epoch, steps {start}->{end} "
+            f"of {total}, peak lr {schedule.peak:.4g}")
 
-    last_path = ckpt.path if ckpt is not None else None
-    last_step = ckpt.step if ckpt is not None else None
-
-    def kept() -> str:
-        return (f"the last good checkpoint is {last_path} (step {last_step})" if last_path else
-                "no checkpoint had been written yet")
-
-    def save(step: int) -> Path | None:
-        if not is_main:
-            return None
-        state = trainer.state_dict()
-        bad = _nonfinite_entries(state)
-        if bad:
-            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            raise NonFiniteLossError(
-                f"the weights hold NaN/Inf ({bad[0]}{more}) at step {step}, so no checkpoint was "
-                f"written; a gradient became non-finite while the loss was finite. Training "
-                f"stopped and {kept()}. Lower optim.base_lr, raise loss.temperature, or set "
-                f"train.on_nonfinite=skip")
-        weights = {k: v for k, v in state.items() if not k.startswith("momentum/")}
-        momentum = {k[len("momentum/"):]: v for k, v in state.items() if k.startswith("momentum/")}
-        extra = {"rng_seed": np.int64(cfg.train.seed), "rng_epoch": np.int64(step // spe),
-                 "rng_step": np.int64(step), "world": np.int64(world),
-                 "num_classes": np.int64(num_classes or 0)}
-        versions = library_versions()
-        if stream:  # the decoder decides the pixels of every view
-            from .data.decode import decoder_versions
-            versions.update(decoder_versions())
-        ck = Checkpoint(config=cfg, weights=weights, momentum=momentum, extra=extra,
-                        epoch=step // spe, step=step, backend=backend, versions=versions)
-        return save_rolling(out_dir, ck, cfg.train.keep_last)
-
-    skip_mode = cfg.train.on_nonfinite == "skip"
-    step = start
-    loss = float("nan")
-    stopped = "completed" if end == total else "max_steps"
-    skips = 0
-    recent: list[float] = []
     try:
-        with _StopFlag() as stop:
-            epoch = step // spe
-            while step < end:
-                for batch in loader.epoch(epoch, start_step=step % spe):
-                    t0 = time.perf_counter()
-                    if stream:  # views already cut by the workers, from the boxes drawn for them
-                        images, labels, (p1, p2) = batch.views, batch.labels, batch.params
-                        kw = {"cropped": True}
-                    else:
-                        images, labels, kw = batch.images, batch.labels, {}
-                        p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, epoch, step, rank)
-                    lr = schedule(step)
-                    if skip_mode:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr,
-                                               skip_nonfinite=True, **kw)
-                    else:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr, **kw)
-                    loss = float(m["loss"])
-                    skipped = bool(m.get("skipped")) or not math.isfinite(loss)
-                    if skipped:
-                        if skip_mode and skips < cfg.train.max_skips:
-                            skips += 1
-                            if is_main:
-                                progress.close()
-                                log(f"warning: non-finite loss or gradient at step {step} (epoch "
-                                    f"{epoch}); step skipped, model unchanged ({skips}/"
-                                    f"{cfg.train.max_skips} skips allowed by train.max_skips)")
-                        else:
-                            what = (f"loss became {loss}" if not m.get("skipped") else
-                                    "the loss or a gradient became non-finite")
-                            limit = (f" after {skips} skipped step(s) (train.max_skips = "
-                                     f"{cfg.train.max_skips})" if skip_mode else "")
-                            hint = ("raise train.max_skips" if skip_mode else
-                                    "set train.on_nonfinite=skip")
-                            advice = (f"Lower optim.base_lr, raise loss.temperature, or {hint}"
-                                      if step > start else
-                                      "This is the first step of the run (the weights are as "
-                                      "initialised or loaded), so the learning rate is not the "
-                                      "cause: check the data (a batch of identical images, e.g. "
-                                      "all black, gives z = 0, whose cosine similarity is "
-                                      "undefined) and the checkpoint")
-                            raise NonFiniteLossError(
-                                f"{what} at step {step} (epoch {epoch}, lr {lr:.4g}){limit}; "
-                                f"training stopped and {kept()}. {advice}")
-                    step += 1
-                    dt = time.perf_counter() - t0
-                    recent = (recent + [dt])[-20:]
-                    ips = cfg.train.batch_size / (sum(recent) / len(recent))
-                    if is_main:
-                        rec = {"step": step, "epoch": epoch, "loss": loss, "lr": lr,
-                               "images_per_s": round(ips, 2), "time": round(time.perf_counter() - t_start, 3)}
-                        if skipped:
-                            rec.update(skipped=True, skips=skips)
-                        for k in ("probe_loss", "probe_acc"):
-                            if k in m:
-                                rec[k] = float(m[k])
-                        rec.update(monitor.after_step(trainer, step) if monitor else {})
-                        metrics.write(rec)
-                        shown = {"loss": loss, "lr": lr, "img/s": round(ips, 1)}
-                        if "probe_acc" in m:
-                            shown["probe"] = f"{100 * float(m['probe_acc']):.0f}%"
-                        shown.update(monitor.shown() if monitor else {})
-                        progress.update(step, epoch=epoch, **shown)
-                    if step % cfg.train.checkpoint_every == 0 and step < end:
-                        last_path = save(step) or last_path
-                        last_step = step
-                    if dist is not None and dist.any(stop.signum is not None) and stop.signum is None:
-                        stop.signum = signal.SIGTERM  # another rank was signalled: all stop at this step
-                    if stop.signum is not None or step >= end:
-                        break
-                if stop.signum is not None:
-                    stopped = "signal"
-                    if is_main:
-                        progress.close()
-                        log(f"received signal {stop.signum} ({signal.Signals(stop.signum).name}): "
-                            f"writing a checkpoint at step {step} and stopping; continue with --resume "
-                            f"{out_dir}")
-                    break
-                epoch += 1
-            last_path = save(step) or last_path
-            last_step = step
-            if dist is not None:
-                dist.barrier()  # every rank returns once rank 0's last checkpoint is written
+        run_steps(run, loader, schedule, metrics, progress, monitor)
     finally:
         progress.close()
         loader.close()
         if metrics is not None:
             metrics.close()
     if is_main:
-        if skips:
-            log(f"warning: {skips} step(s) skipped for non-finite values (train.max_skips = "
-                f"{cfg.train.max_skips})")
-        try:
-            from .plot import training_plot
-            records = MetricsLog.read(out_dir / "metrics.jsonl")
-            if records:
-                training_plot(records, out_dir / "training.png")
-        except Exception as e:  # noqa: BLE001 - a plot must never fail a run
-            log(f"warning: could not draw training.png: {e}")
-    return TrainResult(out_dir=out_dir, step=step, total_steps=total, final_loss=loss,
-                       checkpoint=last_path, stopped=stopped, wall_s=time.perf_counter() - t_start,
+        finish(run)
+    return TrainResult(out_dir=out_dir, step=run.step, total_steps=total, final_loss=run.loss,
+                       checkpoint=run.last_path, stopped=run.stopped, wall_s=time.perf_counter() - t_start,
                        config=cfg)
