@@ -483,7 +483,9 @@ def _read_config_table(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} nests too deeply: expected [section] tables of "
                           f"field = value") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} holds a {type(data).__name__}, expected a table of "
+        kind = {"list": "list", "str": "text", "bool": "boolean", "NoneType": "null"}.get(
+            type(data).__name__, "number")
+        raise ConfigError(f"config file {path} holds a {kind}, expected a table of "
                           f"[section] tables (e.g. {{\"train\": {{\"epochs\": 10}}}})")
     for section, values in data.items():
         for key, v in (values.items() if isinstance(values, dict) else ()):
