@@ -36,8 +36,8 @@ def _known_errors():
     from simclr_xb.outputs import OutputError
     errors = (ConfigError, CheckpointError, BackendUnavailable, FileNotFoundError, ValueError, OutputError)
     try:
-        from simclr_xb.data import DataError  # type: ignore[attr-defined]
-        errors += (DataError,)
+        from simclr_xb.data import DataError, DataWorkerError  # type: ignore[attr-defined]
+        errors += (DataError, DataWorkerError)
     except ImportError:
         pass
     try:
@@ -202,7 +202,10 @@ def info():
               help="Checkpoint file or run folder to continue from (exact trajectory).")
 @click.option("--device", default=None, help="Backend device, e.g. cpu, cuda, cuda:1, gpu.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
-@click.option("--precision", type=click.Choice(["float32", "float64", "bfloat16"]), default=None)
+@click.option("--precision", type=click.Choice(["auto", "float32", "float64", "bfloat16"]), default="auto",
+              show_default=True, help="auto: bfloat16 autocast where the hardware has it (torch on CUDA or "
+              "a CPU with native bf16), else the config's (float32); never changes a resumed run or a "
+              "precision set by --set / the config file.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile / mx.compile.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--skip-bad-images", is_flag=True, default=None,
@@ -235,7 +238,11 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
     dist = None
     try:
         dist = from_env(backend)
+        auto = flags.get("precision") == "auto"
+        flags["precision"] = None if auto else flags.get("precision")
         cfg = build_config(preset_name, config_file, overrides, **flags)
+        if auto and resume is None:
+            cfg = _auto_precision(cfg, backend, device, overrides, config_file)
         if resume is None and (Path(out_dir) / "last.h5").exists():
             raise UserError(f"{out_dir} already holds a run (last.h5): pass --resume {out_dir} to "
                             f"continue it, or choose another --out")
@@ -433,6 +440,18 @@ def _fast_bf16(device: str | None) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def _auto_precision(cfg, backend: str, device: str | None, overrides, config_file):
+    """``train --precision auto``: bfloat16 as ``demo`` picks it, unless the precision was set
+    by --set or the config file (then that one stays)."""
+    if any(o.partition("=")[0].strip() == "train.precision" for o in overrides):
+        return cfg
+    if config_file is not None and "precision" in Path(config_file).read_text(errors="replace"):
+        return cfg
+    if backend == "torch" and cfg.train.precision == "float32" and _fast_bf16(device):
+        return cfg.with_value("train.precision", "bfloat16").validate()
+    return cfg
+
+
 @main.command()
 @click.option("--backend", type=BACKEND_CHOICE, default="torch", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
@@ -501,8 +520,8 @@ def conformance(backends, pattern, dtype, json_out, list_only):
     from simclr_xb.conformance.runner import run, select
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx"):
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        if b not in ("torch", "mlx", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2]), a reference
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx and/or tf2")
     if list_only:
         for c in select(all_cases(), pattern):
             click.echo(f"{c.name:44s} {c.doc}")
@@ -531,18 +550,27 @@ def data():
 @click.argument("spec")
 @click.option("--root", default=None)
 def data_show(spec, root):
-    """Print the splits, shapes and classes of a dataset SPEC."""
-    from simclr_xb.data import load_dataset
+    """Print the splits, shapes and classes of a dataset SPEC (folders and shards: counts,
+    classes and the image size distribution, read from the index)."""
+    from simclr_xb.data import open_dataset
+    from simclr_xb.data.index import size_summary
     try:
         ds, failures = None, []
         for split in ("train", "test"):
             try:
-                ds = load_dataset(spec, split, root=root)
+                ds = open_dataset(spec, split, root=root)
             except _known_errors() as e:
                 click.echo(f"{split}: {e}")
                 failures.append(f"{split}: {e}")
                 continue
             counts = dict(zip(*[a.tolist() for a in __import__("numpy").unique(ds.labels, return_counts=True)]))
+            if getattr(ds, "is_stream", False):
+                ix = ds.index
+                rate = f", {ix.headers_read / ix.build_s:.0f} headers/s" if ix.headers_read and ix.build_s else ""
+                click.echo(f"{split}: {len(ds)} images of mixed sizes in {ds.source}, {len(ds.classes)} classes, "
+                           f"per class {counts}\n  {size_summary(ds.hw)}\n  index: {ix.headers_read} headers "
+                           f"read in {ix.build_s:.2f} s{rate} (the rest from the cache)")
+                continue
             click.echo(f"{split}: images {ds.images.shape} {ds.images.dtype}, {len(ds.classes)} classes, "
                        f"per class {counts}")
         if ds is None:
@@ -556,10 +584,25 @@ def data_show(spec, root):
 @click.argument("src")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--root", default=None, help="Folder to read SRC from.")
-def data_pack(src, out, root):
-    """Convert dataset SRC (any reader) into one HDF5 file OUT (images, labels per split)."""
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "wds"]), default="hdf5", show_default=True,
+              help="hdf5: one file of decoded arrays; wds: WebDataset tar shards (OUT is a folder) of "
+                   "the original image files of a folder: SRC.")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per tar shard (wds).")
+@click.option("--force", is_flag=True, help="Replace existing shards in OUT (wds).")
+def data_pack(src, out, root, fmt, shard_size, force):
+    """Convert dataset SRC into one HDF5 file OUT, or (--format wds) into tar shards in folder OUT."""
     from simclr_xb.data import pack
     try:
+        if fmt == "wds":
+            from simclr_xb.data import available_splits, open_dataset
+            from simclr_xb.data.shards import write_shards
+            parts = {s: open_dataset(src, s, root=root) for s in available_splits(src, root)}
+            if not all(getattr(d, "is_stream", False) for d in parts.values()):
+                raise ValueError(f"--format wds packs image folders (folder:PATH), not {src}")
+            written = write_shards({s: d.index for s, d in parts.items()}, out, shard_size, overwrite=force)
+            for s, files in written.items():
+                click.echo(f"wrote {len(files)} {s} shard(s) of {len(parts[s])} images to {out}")
+            return
         _outputs_first({"OUT": out}, _inputs(src, None if root is None else root))
         result = pack(src, out, root=root)
     except _known_errors() as e:
@@ -722,8 +765,8 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     from simclr_xb.bench.common import format_targets
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx"):
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        if b not in ("torch", "mlx", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2]), a reference
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx and/or tf2")
     if not names:
         raise UserError("--backends is empty: expected torch and/or mlx")
     if threads is not None:

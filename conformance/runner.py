@@ -22,6 +22,7 @@ from simclr_xb import reference
 from simclr_xb.augment import ViewParams
 from simclr_xb.backend import BACKENDS, BackendUnavailable, get_backend
 
+from . import tf2_ref
 from .cases import Case, all_cases
 from .compare import compare
 from .tolerances import EXACT, tolerance_for
@@ -69,17 +70,23 @@ def implementations(backends: list[str], with_oracle: bool = True,
     impls: dict[str, Caller] = {}
     skipped: dict[str, str] = {}
     if with_oracle:
-        impls[ORACLE] = lambda fn, *args, dtype: getattr(reference, fn)(*_to64(args))
+        impls[ORACLE] = lambda fn, *args, dtype, **kw: getattr(reference, fn)(*_to64(args), **kw)
     for name in backends:
         if override and name in override:
             impls[name] = override[name]
+            continue
+        if name == tf2_ref.NAME:  # optional TensorFlow reference (extra [tf2]), see tf2_ref.py
+            try:
+                impls[name] = tf2_ref.caller()
+            except ImportError as e:
+                skipped[name] = str(e)
             continue
         try:
             api = get_backend(name)
         except BackendUnavailable as e:
             skipped[name] = str(e.__cause__ or e)
             continue
-        impls[name] = (lambda api: lambda fn, *args, dtype: getattr(api, fn)(*args, dtype=dtype))(api)
+        impls[name] = (lambda api: lambda fn, *args, dtype, **kw: getattr(api, fn)(*args, dtype=dtype, **kw))(api)
     return impls, skipped
 
 
@@ -116,6 +123,8 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
              apis: dict | None = None) -> list[Result]:
     skipped = skipped or {}
     results: list[Result] = []
+    # an implementation may cover only some cases (the tf2 reference: ``supports``)
+    impls = {n: c for n, c in impls.items() if getattr(c, "supports", None) is None or c.supports(case, dtype)}
     names = list(impls)
     if case.kind == "core":
         t0 = time.perf_counter()
@@ -152,7 +161,7 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
         t0 = time.perf_counter()
         try:
             args = case.make(np.random.default_rng(case.seed), dtype)
-            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype))(call)
+            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype, **case.kwargs))(call)
             outputs[name] = bound(case.fn, *args) if isinstance(case.fn, str) else case.fn(bound, *args)
         except Exception as e:  # noqa: BLE001
             errors[name] = f"{type(e).__name__}: {e}"
@@ -192,7 +201,7 @@ def run(backends: list[str] | None = None, pattern: str | None = None,
     impls, skipped = implementations(backends, override=override)
     apis = {}
     for n in impls:
-        if n != ORACLE:
+        if n in BACKENDS:
             try:
                 apis[n] = get_backend(n)
             except BackendUnavailable:

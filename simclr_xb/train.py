@@ -128,9 +128,32 @@ class _StopFlag:
 
 
 def load_train_data(cfg: Config):
-    from .data import load_dataset
-    return load_dataset(cfg.data.name, "train", root=cfg.data.root,
+    """The training split: in memory, or a StreamDataset (folder:, wds:) read by index."""
+    from .data import open_dataset
+    return open_dataset(cfg.data.name, "train", root=cfg.data.root,
                         skip_bad_images=cfg.data.skip_bad_images)
+
+
+def stream_resample(cfg: Config) -> str:
+    """The workers' resize filter: bicubic for the official (tf2) recipe, else bilinear."""
+    return "bicubic" if getattr(cfg.augment, "recipe", None) == "tf2" else "bilinear"
+
+
+def stream_train_loader(cfg: Config, dataset, per_rank: int, rank: int, world: int):
+    """A StreamLoader whose batches are the two views of every image, cut by the workers from
+    the original image with the boxes ``sample_pair`` draws from each image's own (H, W) at
+    (seed, epoch, global step, rank): the same draws an in-memory run makes."""
+    from .data import StreamLoader
+
+    def make_params(epoch, step, idx, hw):
+        return list(sample_pair(cfg.augment, len(idx), hw, cfg.train.seed, epoch,
+                                epoch * loader.steps_per_epoch + step, rank))
+
+    loader = StreamLoader(dataset, per_rank, make_params, cfg.augment.image_size, seed=cfg.train.seed,
+                          rank=rank, world=world, drop_last=True, shuffle=True,
+                          num_workers=cfg.data.num_workers, prefetch=2,
+                          skip_bad_images=cfg.data.skip_bad_images, resample=stream_resample(cfg))
+    return loader
 
 
 def stage_sides(cfg: Config) -> dict[str, int]:
@@ -316,7 +339,8 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         raise ConfigError(f"config field train.batch_size = {cfg.train.batch_size} is larger than the "
                           f"dataset {dataset.name} ({n_images} training images): expected a batch "
                           f"size <= {n_images}")
-    hw = tuple(dataset.images.shape[1:3])
+    stream = getattr(dataset, "is_stream", False)
+    hw = tuple(int(v) for v in np.median(dataset.hw, axis=0)) if stream else tuple(dataset.images.shape[1:3])
     num_classes = len(dataset.classes) if (cfg.optim.probe and dataset.labels is not None) else None
 
     api = get_backend(backend)
@@ -338,9 +362,10 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
     elif cfg.train.init_from:
         init_from_checkpoint(trainer, cfg, log if is_main else (lambda m: None))
 
-    loader = BatchLoader(dataset.images, dataset.labels, per_rank, seed=cfg.train.seed, rank=rank,
-                         world=world, drop_last=True, shuffle=True, prefetch=2,
-                         num_workers=cfg.data.num_workers)
+    loader = stream_train_loader(cfg, dataset, per_rank, rank, world) if stream else \
+        BatchLoader(dataset.images, dataset.labels, per_rank, seed=cfg.train.seed, rank=rank,
+                    world=world, drop_last=True, shuffle=True, prefetch=2,
+                    num_workers=cfg.data.num_workers)
     spe = loader.steps_per_epoch
     schedule = LRSchedule(cfg, spe)
     total = cfg.train.epochs * spe
@@ -353,7 +378,7 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
     progress = Progress(end, start, every=cfg.train.log_every, enabled=show_progress and is_main)
     if is_main:
         log(f"simclr-xb: {backend} on {trainer.device}, {cfg.model.arch} x{cfg.model.width}, "
-            f"{n_images} images of {hw[0]}x{hw[1]} from {dataset.name}, batch {cfg.train.batch_size}, "
+            f"{n_images} images of {'median ' if stream else ''}{hw[0]}x{hw[1]} from {dataset.name}, batch {cfg.train.batch_size}, "
             f"{spe} steps/epoch, steps {start}->{end} of {total}, peak lr {schedule.peak:.4g}")
 
     last_path = ckpt.path if ckpt is not None else None
@@ -380,8 +405,12 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         extra = {"rng_seed": np.int64(cfg.train.seed), "rng_epoch": np.int64(step // spe),
                  "rng_step": np.int64(step), "world": np.int64(world),
                  "num_classes": np.int64(num_classes or 0)}
+        versions = library_versions()
+        if stream:  # the decoder decides the pixels of every view
+            from .data.decode import decoder_versions
+            versions.update(decoder_versions())
         ck = Checkpoint(config=cfg, weights=weights, momentum=momentum, extra=extra,
-                        epoch=step // spe, step=step, backend=backend, versions=library_versions())
+                        epoch=step // spe, step=step, backend=backend, versions=versions)
         return save_rolling(out_dir, ck, cfg.train.keep_last)
 
     skip_mode = cfg.train.on_nonfinite == "skip"
@@ -394,15 +423,20 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         with _StopFlag() as stop:
             epoch = step // spe
             while step < end:
-                for images, labels, _ in loader.epoch(epoch, start_step=step % spe):
+                for batch in loader.epoch(epoch, start_step=step % spe):
                     t0 = time.perf_counter()
-                    p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, epoch, step, rank)
+                    if stream:  # views already cut by the workers, from the boxes drawn for them
+                        images, labels, (p1, p2) = batch.views, batch.labels, batch.params
+                        kw = {"cropped": True}
+                    else:
+                        images, labels, kw = batch.images, batch.labels, {}
+                        p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, epoch, step, rank)
                     lr = schedule(step)
                     if skip_mode:
                         m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr,
-                                               skip_nonfinite=True)
+                                               skip_nonfinite=True, **kw)
                     else:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr)
+                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr, **kw)
                     loss = float(m["loss"])
                     skipped = bool(m.get("skipped")) or not math.isfinite(loss)
                     if skipped:
