@@ -778,6 +778,13 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     out_dir = out_dir or ("runs/bench-tiny" if tiny else "benchmarks/results")
     plot_path = plot_path or ("runs/bench-tiny/quality.png" if tiny else "benchmarks/quality.png")
     work_dir = work_dir or ("runs/bench-tiny/quality" if tiny else "runs/bench-quality")
+    from simclr_xb.outputs import check_output_dir, check_output_file
+    try:  # before any measurement
+        check_output_dir(out_dir)
+        check_output_dir(work_dir, "--work-dir")
+        check_output_file(plot_path, "--plot")
+    except ValueError as e:
+        raise UserError(str(e)) from e
     argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else [suite]
     for name in (SUITES if suite == "all" else (suite,)):
         opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \

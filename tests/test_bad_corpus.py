@@ -234,6 +234,9 @@ def _cases():
         ("init-from-missing", tr("im", "--init-from", "nowhere/x.h5"), ["nowhere/x.h5"]),
         ("init-from-other-arch", lambda W: tr("ia", "--init-from", W["T"] / "r34")(W), ["--init-from", "resnet34"]),
         ("conformance-json-missing-dir", lambda W: ["conformance", "--json", "no/such/dir/c.json"], ["no/such/dir"]),
+        ("bench-out-fifo", lambda W: ["bench", "ntxent", "--size", "tiny", "--out", W["T"] / "fifo"], ["FIFO"]),
+        ("bench-plot-under-file", lambda W: ["bench", "quality", "--size", "tiny", "--plot",
+                                             W["T"] / "regular" / "q.png", "--out", o(W, "bq")], ["regular"]),
         ("pack-over-source", lambda W: ["data", "pack", f"hdf5:{W['data']}", W["data"]], [str("data.h5")]),
     ]
     # --- checkpoints ---------------------------------------------------------------------------
