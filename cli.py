@@ -102,7 +102,6 @@ def config_options(f):
     return f
 
 
-ISSUES_URL = "https://github.com/simclr-xb/simclr-xb/issues"
 DEBUG_ENV = "SIMCLR_XB_DEBUG"
 
 
@@ -152,8 +151,8 @@ class _ErrorBoundary(click.Group):
             else:
                 hint = f"rerun with --debug (simclr-xb --debug ...) or {DEBUG_ENV}=1 for the traceback"
             raise UserError(f"internal error ({type(e).__name__}: {_one_line(e, 200)}); this is a bug "
-                            f"in simclr-xb: {hint}, and report it with the command line at "
-                            f"{ISSUES_URL}") from e
+                            f"in simclr-xb {__version__}: {hint}, and report it to the project's issue "
+                            f"tracker with the command line and that traceback") from e
 
 
 @click.group(cls=_ErrorBoundary, context_settings={"help_option_names": ["-h", "--help"]})
