@@ -67,7 +67,8 @@ FLAG_FIELDS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "seed
                "max_steps": "train.max_steps", "precision": "train.precision", "data": "data.name",
                "data_root": "data.root", "compile_": "train.compile", "lr": "optim.base_lr",
                "temperature": "loss.temperature", "arch": "model.arch", "width": "model.width",
-               "image_size": "augment.image_size", "skip_bad_images": "data.skip_bad_images"}
+               "image_size": "augment.image_size", "skip_bad_images": "data.skip_bad_images",
+               "tensorboard": "train.tensorboard"}
 
 
 def requested_fields(overrides: tuple[str, ...], flags: dict) -> list[str]:
@@ -169,6 +170,8 @@ def main(ctx, debug):
       simclr-xb conformance --backends torch,mlx
     """
     ctx.obj = dict(ctx.obj or {}, debug=debug)
+    from simclr_xb.blas import use_openblas_for_mlx
+    use_openblas_for_mlx()  # Linux + MLX: re-run once with OpenBLAS preloaded (simclr_xb/blas.py)
 
 
 # --------------------------------------------------------------------------- info
@@ -217,6 +220,8 @@ def info():
 @click.option("--init-from", "init_from", type=click.Path(), default=None,
               help="Start a NEW run (this command's config and schedule) from the weights of this "
                    "checkpoint file or run folder; recorded as train.init_from.")
+@click.option("--tensorboard", is_flag=True, default=None,
+              help="Also write TensorBoard event files into --out (needs simclr-xb[tensorboard]).")
 def train(backend, preset_name, config_file, overrides, out_dir, resume, device, quiet, nproc, hostfile,
           init_from=None, **flags):
     """Pre-train SimCLR and write checkpoints, metrics and a plot into --out.
@@ -501,7 +506,8 @@ def demo(backend, out_dir, epochs, device, precision):
 # --------------------------------------------------------------------------- conformance
 @main.command()
 @click.option("--backends", default="torch,mlx", show_default=True,
-              help="Comma-separated backends to compare with the oracle and with each other.")
+              help="Comma-separated implementations to compare with the oracle and with each other: "
+                   "torch, mlx (both MLX devices), mlx-cpu, mlx-gpu.")
 @click.option("--cases", "pattern", default=None,
               help="Only cases matching these comma-separated globs/substrings (e.g. 'nt_xent,bn.*').")
 @click.option("--dtype", type=click.Choice(["float32", "float64", "all"]), default="all", show_default=True)
@@ -516,24 +522,29 @@ def conformance(backends, pattern, dtype, json_out, list_only):
     from simclr_xb.backend import available_backends
     from simclr_xb.conformance.cases import all_cases
     from simclr_xb.conformance.report import HEADER, failed, row, summary, write_json
-    from simclr_xb.conformance.runner import run, select
+    from simclr_xb.conformance.runner import expand_backends, full_float32, run, select
+    tf32 = full_float32()  # before any MLX op: conformance compares full float32
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2]), a reference
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx and/or tf2")
+        if b not in ("torch", "mlx", "mlx-cpu", "mlx-gpu", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2])
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx (= mlx-cpu "
+                            "and mlx-gpu), mlx-cpu, mlx-gpu and/or tf2")
     if list_only:
         for c in select(all_cases(), pattern):
             click.echo(f"{c.name:44s} {c.doc}")
         return
     dtypes = ("float32", "float64") if dtype == "all" else (dtype,)
     _outputs_first({"--json": json_out})
+    click.echo(f"MLX_ENABLE_TF32={tf32} (full float32); implementations: "
+               f"{', '.join(expand_backends(names))}")
     click.echo(HEADER)
     results = run(names, pattern, dtypes, on_result=lambda r: click.echo(row(r)))
     if not results:
         raise UserError(f"no case matches --cases {pattern!r}; see simclr-xb conformance --list")
     click.echo(f"\n{summary(results)}")
     if json_out:
-        write_json(results, json_out, {k: v for k, v in available_backends().items() if k in names})
+        wanted = {n.split("-")[0] for n in names}
+        write_json(results, json_out, {k: v for k, v in available_backends().items() if k in wanted})
         click.echo(f"wrote {json_out}")
     if failed(results):
         sys.exit(1)
@@ -704,6 +715,37 @@ def features(checkpoint, data, data_root, out_file, split, with_z, backend, devi
     click.echo(f"wrote {res['path']}: {sizes} images, h {res['feature_dim']}{z} ({res['wall_s']:.0f} s)")
 
 
+# --------------------------------------------------------------------------- views
+@main.command()
+@config_options
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@click.option("--n", "n_images", type=int, default=8, show_default=True,
+              help="Images drawn: the first N of the training step's batch.")
+@click.option("--step", type=int, default=0, show_default=True, help="Training step whose batch and views are drawn.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--backends", default="torch", show_default=True,
+              help="torch, mlx, or torch,mlx: both side by side with their max abs difference.")
+def views(preset_name, config_file, overrides, out_file, n_images, step, split, backends, **flags):
+    """Draw images beside their two augmented views at a training step, with the sampled
+    parameters (crop box, flip, jitter factors and order, gray, blur sigma): the same sampler
+    and backend augment code training uses (simclr_xb/views.py)."""
+    from simclr_xb.views import views_command
+    try:
+        cfg = build_config(preset_name, config_file, overrides, **flags)
+        names = tuple(b.strip() for b in backends.split(",") if b.strip())
+        for b in names:
+            if b not in ("torch", "mlx"):
+                raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
+        pic = views_command(cfg, out_file, n=n_images, step=step, backends=names, split=split,
+                            inputs=[config_file])
+    except UserError:
+        raise
+    except _known_errors() + (OSError,) as e:
+        _fail(e)
+    diff = f"; max |{names[0]} - {names[1]}| {max(pic.max_abs_diff):.2e}" if len(names) == 2 else ""
+    click.echo(f"wrote {out_file}: {n_images} images x 2 views, step {step}, {', '.join(names)}{diff}")
+
+
 # --------------------------------------------------------------------------- export
 @main.command(name="export")
 @click.option("--checkpoint", type=click.Path(), required=True, help="Checkpoint file or run folder.")
@@ -727,7 +769,49 @@ def export_(checkpoint, fmt, out_file):
             click.echo(f"note: {note}", err=True)
 
 
+# --------------------------------------------------------------------------- selfcheck
+@main.command()
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default="selfcheck.json",
+              show_default=True, help="The report to send back (one JSON file).")
+@click.option("--steps", type=int, default=20, show_default=True,
+              help="Tiny-preset training steps per device and mode (eager, compiled).")
+@click.option("--batch-size", type=int, default=None, help="Default: the tiny preset's (128).")
+@click.option("--image-size", type=int, default=None, help="Default: the tiny preset's (32).")
+@click.option("--width", type=float, default=None, help="Default: the tiny preset's (0.25).")
+@click.option("--cases", "pattern", default=None,
+              help="Only these conformance cases (globs/substrings; default: all).")
+@click.option("--no-ring", is_flag=True, help="Skip the 2-rank loopback ring test.")
+def selfcheck(json_out, steps, batch_size, image_size, width, pattern, no_ring):
+    """Check this machine's MLX (docs/apple-silicon.md): OS and chip, MLX devices, the TF32
+    setting, conformance on CPU and GPU, tiny-preset steps eager vs compiled with peak memory,
+    a 2-rank ring over loopback. Writes one JSON file; exits 1 if anything failed."""
+    from simclr_xb.selfcheck import failed, run_selfcheck, summary
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    try:
+        doc = run_selfcheck(steps=steps, cases=pattern, batch_size=batch_size, image_size=image_size,
+                            width=width, ring=not no_ring, log=lambda m: click.echo(m, err=True))
+    except _known_errors() as e:
+        _fail(e)
+    Path(json_out).write_text(json.dumps(doc, indent=2, default=str))
+    click.echo(summary(doc))
+    click.echo(f"wrote {json_out}: send this file (docs/apple-silicon.md says how)")
+    if failed(doc):
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------- bench
+def _bench_device(device: str) -> str:
+    """``bench --device``: "cpu" or "gpu" (MLX's two devices); one-line error otherwise."""
+    if device not in ("cpu", "gpu"):
+        raise UserError(f"--device {device!r} is not an MLX device: expected cpu or gpu")
+    if device == "gpu":
+        import mlx.core as mx
+        if not mx.is_available(mx.gpu):
+            raise UserError("--device gpu: MLX has no GPU on this machine (Metal needs Apple silicon)")
+    return device
+
+
 @main.command()
 @click.argument("suite", type=click.Choice(["augment", "train", "ntxent", "quality", "all"]))
 @click.option("--size", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
@@ -746,7 +830,10 @@ def export_(checkpoint, fmt, out_file):
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="quality: run folders with the checkpoints, resumed when the config matches "
                    "(default: runs/bench-quality).")
-def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir):
+@click.option("--device", default=None,
+              help="MLX device: cpu (default) or gpu (Metal, on a Mac); torch stays on the CPU. "
+                   "Recorded in each JSON.")
+def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir, device):
     """Benchmarks, written as JSON (benchmarks/README.md summarises them).
 
     \b
@@ -788,6 +875,8 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     for name in (SUITES if suite == "all" else (suite,)):
         opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \
             else {"backends": tuple(names), "repeats": repeats}
+        if device is not None:
+            opts["device"] = _bench_device(device)
         command = "simclr-xb bench " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))
         try:
             data, path = run_suite(name, size, out_dir, machine, command,

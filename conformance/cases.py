@@ -176,6 +176,7 @@ def _layer_cases() -> list[Case]:
         x = _cast(np.maximum(rng.normal(size=(4, hw, hw, spec.in_ch)), 0), dt)
         return x, w, spec, train, cfg.bn_momentum, cfg.bn_eps
 
+    cases += _winograd_cases(block_args)
     for train in (True, False):
         mode = "train" if train else "eval"
         cases.append(Case(f"block.basic.stride2.{mode}", "block",
@@ -197,6 +198,27 @@ def _layer_cases() -> list[Case]:
         cases.append(Case(f"head.bn.{mode}", "head", lambda r, dt, t=train: head_args(r, dt, R18, t)))
         cases.append(Case(f"head.plain_3layer.{mode}", "head",
                           lambda r, dt, t=train: head_args(r, dt, R18_NOBN, t)))
+    return cases
+
+
+# Shapes at which Metal swaps in a Winograd kernel for 3x3 stride-1 convolutions (many
+# channels, many output pixels): C = O = 128 and N*H*W = 4 * 32 * 32 = 4096. Every other case
+# uses width 0.125 (at most 64 channels), which never reaches it.
+R18_W05 = replace(R18, width=0.5)  # layer3.1: a basic block 128 -> 128, stride 1
+
+
+def _winograd_cases(block_args) -> list[Case]:
+    def conv(rng, dt):
+        x = rng.normal(size=(4, 32, 32, 128))
+        w = rng.normal(0, 1 / math.sqrt(128 * 9), (128, 128, 3, 3))
+        return _cast(x, dt), _cast(w, dt), 1, 1
+
+    doc = "Winograd-sized: C = O = 128, 3x3 stride 1, N*H*W = 4096"
+    cases = [Case("conv2d.winograd.3x3s1p1.c128", "conv2d", conv, doc)]
+    for train in (True, False):
+        mode = "train" if train else "eval"
+        cases.append(Case(f"block.basic.winograd.c128.{mode}", "block",
+                          lambda r, dt, t=train: block_args(r, dt, R18_W05, 5, t, 32), doc))
     return cases
 
 

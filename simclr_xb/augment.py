@@ -36,6 +36,7 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 STREAM_VIEWS = 0x5157
 STREAM_SHUFFLE = 0x5348
 STREAM_INIT = 0x494E
+STREAM_MONITOR = 0x4B4E  # the kNN monitor's fixed image subsets (simclr_xb/monitor.py)
 
 
 @dataclass
@@ -291,3 +292,13 @@ def center_crop_boxes(hw, n: int | None = None, proportion: float = 0.875) -> np
     H, W = source_hw(hw, n)
     side = np.maximum(1, np.rint(proportion * np.minimum(H, W).astype(np.float64))).astype(np.int64)
     return np.stack([(H - side + 1) // 2, (W - side + 1) // 2, side, side], axis=1).astype(np.int64)
+
+
+def sample_subset(seed: int, n: int, k: int, split: str) -> np.ndarray:
+    """``min(k, n)`` distinct indices of ``range(n)``, sorted, fixed by (seed, split): the kNN
+    monitor's images of one split (all of them, in order, when k >= n)."""
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        [int(seed), STREAM_MONITOR, *split.encode()])))
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)

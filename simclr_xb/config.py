@@ -210,6 +210,14 @@ class TrainConfig:
     # A new run whose weights start from this checkpoint file or run folder (CLI --init-from);
     # its own config and schedule apply (e.g. more epochs). None: the model's own initialisation.
     init_from: str | None = None
+    # kNN monitor (simclr_xb/monitor.py): every monitor_every epochs (0 = off) and at the end,
+    # the weighted kNN of `simclr-xb eval` scored on monitor_eval images of the test split with
+    # a bank of monitor_train training images (fixed seeded subsets; all when fewer). Rank 0 only.
+    monitor_every: int = 1
+    monitor_train: int = 2000
+    monitor_eval: int = 2000
+    tensorboard: bool = False  # also write TensorBoard event files beside metrics.jsonl
+    progress_every_s: float = 30.0  # not a terminal: a progress line every N s and at epoch ends
 
     def validate(self) -> None:
         _check(self.batch_size >= 2, "train.batch_size", self.batch_size, "an integer >= 2")
@@ -224,6 +232,12 @@ class TrainConfig:
         _check(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", self.on_nonfinite,
                "'stop' or 'skip'")
         _check(self.max_skips >= 0, "train.max_skips", self.max_skips, "an integer >= 0")
+        _check(self.monitor_every >= 0, "train.monitor_every", self.monitor_every,
+               "an integer >= 0 (epochs between kNN checks; 0 turns the monitor off)")
+        _check(self.monitor_train >= 1, "train.monitor_train", self.monitor_train, "an integer >= 1")
+        _check(self.monitor_eval >= 1, "train.monitor_eval", self.monitor_eval, "an integer >= 1")
+        _check(self.progress_every_s > 0 and math.isfinite(self.progress_every_s),
+               "train.progress_every_s", self.progress_every_s, "a finite number of seconds > 0")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from .augment import sample_pair
 from .backend import get_backend
 from .checkpoint import Checkpoint, CheckpointError, latest_good, library_versions, save_rolling
 from .config import Config, ConfigError
+from .monitor import KnnMonitor
 from .progress import MetricsLog, Progress
 from .schedules import LRSchedule
 
@@ -71,7 +72,9 @@ class TrainResult:
 
 # Fields a resumed run may change without changing its trajectory.
 RESUME_SAFE_FIELDS = {"train.max_steps", "train.log_every", "train.checkpoint_every",
-                      "train.keep_last", "data.num_workers", "data.root", "train.compile"}
+                      "train.keep_last", "data.num_workers", "data.root", "train.compile",
+                      "train.monitor_every", "train.monitor_train", "train.monitor_eval",
+                      "train.tensorboard", "train.progress_every_s"}
 
 
 def resume_config(ckpt_cfg: Config, requested: Config, requested_fields=(), where: str = "") -> Config:
@@ -373,9 +376,11 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
 
     if is_main and ckpt is not None:
         drop_partial_metrics(out_dir / "metrics.jsonl")
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None) \
-        if is_main else None
-    progress = Progress(end, start, every=cfg.train.log_every, enabled=show_progress and is_main)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None,
+                         tensorboard=cfg.train.tensorboard) if is_main else None
+    progress = Progress(end, start, enabled=show_progress and is_main, steps_per_epoch=spe,
+                        interval_s=cfg.train.progress_every_s)
+    monitor = KnnMonitor.for_run(cfg, backend, trainer.device, dataset, spe, end, log) if is_main else None
     if is_main:
         log(f"simclr-xb: {backend} on {trainer.device}, {cfg.model.arch} x{cfg.model.width}, "
             f"{n_images} images of {'median ' if stream else ''}{hw[0]}x{hw[1]} from {dataset.name}, batch {cfg.train.batch_size}, "
@@ -476,10 +481,12 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
                         for k in ("probe_loss", "probe_acc"):
                             if k in m:
                                 rec[k] = float(m[k])
+                        rec.update(monitor.after_step(trainer, step) if monitor else {})
                         metrics.write(rec)
                         shown = {"loss": loss, "lr": lr, "img/s": round(ips, 1)}
                         if "probe_acc" in m:
                             shown["probe"] = f"{100 * float(m['probe_acc']):.0f}%"
+                        shown.update(monitor.shown() if monitor else {})
                         progress.update(step, epoch=epoch, **shown)
                     if step % cfg.train.checkpoint_every == 0 and step < end:
                         last_path = save(step) or last_path
