@@ -366,6 +366,10 @@ LIMITS: dict[str, tuple[float, float]] = {
     "train.log_every": (1, 2 ** 62),
     "train.max_steps": (1, 2 ** 62),
     "train.max_skips": (0, 2 ** 62),
+    "train.monitor_every": (0, 10 ** 6),
+    "train.monitor_train": (1, 10 ** 8),
+    "train.monitor_eval": (1, 10 ** 8),
+    "train.progress_every_s": (1e-3, 10 ** 6),
     "data.num_workers": (0, 1024),
 }
 
