@@ -391,3 +391,18 @@ def test_memory_is_independent_of_the_dataset_size(tmp_path):
     peak = int(r.stdout.split("PEAK_KB")[-1].split()[0]) * 1024
     print(f"peak RSS {peak / 2**20:.0f} MiB of any process; decoded data {decoded / 2**30:.2f} GiB")
     assert peak < bound, f"peak RSS {peak / 2**20:.0f} MiB over the bound {bound / 2**20:.0f} MiB"
+
+
+def test_bench_data_tiny_writes_a_flagged_or_clean_report(tmp_path):
+    pytest.importorskip("torch")
+    from simclr_xb.bench import run_suite
+    from simclr_xb.bench.common import check_report, load_flag
+    data, path = run_suite("data", "tiny", tmp_path / "out", work_dir=str(tmp_path / "jpegs"), n_files=24,
+                           log=lambda m: None)
+    check_report(data)
+    benches = {r["bench"] for r in data["rows"]}
+    assert benches == {"index", "cpu_per_pair", "workers", "memory"}
+    assert {"flagged", "reasons", "own_threads"} <= set(data["load_avg"])
+    assert load_flag([0.2, 0, 0], [2.5, 0, 0], 2)["flagged"] is False
+    assert load_flag([1.5, 0, 0], [0.5, 0, 0], 2)["flagged"] is True
+    assert load_flag([0.5, 0, 0], [3.5, 0, 0], 2)["flagged"] is True
