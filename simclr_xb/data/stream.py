@@ -104,7 +104,7 @@ _SHARD_FILES: dict[str, int] = {}  # per process: shard path -> open fd
 def read_bytes(index: ImageIndex, i: int) -> bytes:
     """The encoded bytes of image ``i`` (a file, or a member of a tar shard by offset)."""
     if index.kind == "folder":
-        with open(os.path.join(index.root, str(index.files[i])), "rb") as f:
+        with open(os.path.join(index.root, index.name(i)), "rb") as f:
             return f.read()
     path = index.shards[int(index.shard[i])]
     fd = _SHARD_FILES.get(path)
@@ -113,13 +113,13 @@ def read_bytes(index: ImageIndex, i: int) -> bytes:
     n = int(index.length[i])
     data = os.pread(fd, n, int(index.offset[i]))
     if len(data) != n:
-        raise OSError(f"shard {path} is truncated: {len(data)} of {n} bytes of {index.files[i]}")
+        raise OSError(f"shard {path} is truncated: {len(data)} of {n} bytes of {index.name(i)}")
     return data
 
 
 def source_of(index: ImageIndex, i: int):
     """What :func:`crop_views` opens: the path of a file, the bytes of a tar member."""
-    return os.path.join(index.root, str(index.files[i])) if index.kind == "folder" else read_bytes(index, i)
+    return os.path.join(index.root, index.name(i)) if index.kind == "folder" else read_bytes(index, i)
 
 
 @dataclass(frozen=True)
