@@ -407,3 +407,25 @@ def test_bench_data_tiny_writes_a_flagged_or_clean_report(tmp_path):
     assert load_flag([0.2, 0, 0], [2.5, 0, 0], 2)["flagged"] is False
     assert load_flag([1.5, 0, 0], [0.5, 0, 0], 2)["flagged"] is True
     assert load_flag([0.5, 0, 0], [3.5, 0, 0], 2)["flagged"] is True
+
+
+def test_resumed_run_on_a_folder_ends_with_the_same_weights(folder, tmp_path):
+    pytest.importorskip("torch")
+    from simclr_xb.checkpoint import load_checkpoint
+    from simclr_xb.config import preset
+    from simclr_xb.train import train
+    cfg = preset("imagenet")
+    for k, v in (("model.arch", "resnet18"), ("model.width", 0.125), ("train.batch_size", 4),
+                 ("augment.image_size", 32), ("data.name", f"folder:{folder}"), ("data.num_workers", 1),
+                 ("train.compile", False)):
+        cfg = cfg.with_value(k, v)
+    cfg = cfg.validate()
+    quiet = dict(backend="torch", show_progress=False, log=lambda m: None)
+    train(cfg.with_value("train.max_steps", 5), tmp_path / "full", **quiet)  # crosses an epoch (3 steps)
+    train(cfg.with_value("train.max_steps", 2), tmp_path / "part", **quiet)
+    train(cfg.with_value("train.max_steps", 5), tmp_path / "part", resume=tmp_path / "part",
+          requested_fields=("train.max_steps",), **quiet)
+    a, b = load_checkpoint(tmp_path / "full" / "last.h5"), load_checkpoint(tmp_path / "part" / "last.h5")
+    assert a.step == b.step == 5
+    for k in a.weights:
+        np.testing.assert_array_equal(a.weights[k], b.weights[k], err_msg=k)
