@@ -66,7 +66,40 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
 }
 
 
-def tolerance_for(case: str, dtype: str) -> Tolerance:
+# (case name or prefix ending in '*', dtype, device) -> Tolerance: device-specific overrides,
+# looked up before OVERRIDES. "device" is the device of the pair's member that is not on the
+# CPU ("gpu" = MLX on Metal), so mlx-gpu~oracle, mlx-gpu~mlx-cpu and torch~mlx-gpu use them.
+# Every GPU entry below is NOT YET MEASURED: no Mac has run the suite. They are the CPU values
+# widened 10x for the kernels Metal swaps in at these shapes (a Winograd 3x3 stride-1 conv);
+# a `simclr-xb selfcheck` report from a Mac replaces each with its measured error.
+NOT_MEASURED = "not yet measured"
+DEVICE_OVERRIDES: dict[tuple[str, str, str], Tolerance] = {
+    ("conv2d.winograd*", "float32", "gpu"): Tolerance(1e-4, 1e-4, (
+        f"{NOT_MEASURED} on a Metal GPU: Metal may run large 3x3 stride-1 convolutions "
+        "(C = O = 128 here) through a Winograd kernel whose float32 error exceeds direct "
+        "convolution's; 10x the float32 default until a Mac report measures it")),
+    ("block.basic.winograd*", "float32", "gpu"): Tolerance(1e-4, 1e-4, (
+        f"{NOT_MEASURED} on a Metal GPU: two Winograd-sized 3x3 convolutions with BN between; "
+        "10x the float32 default until a Mac report measures it")),
+    ("encoder.*", "float32", "gpu"): Tolerance(1e-3, 1e-5, (
+        f"{NOT_MEASURED} on a Metal GPU: the CPU's encoder tolerance (resnet50 train-mode BN "
+        "amplifies float32 rounding), kept until a Mac report measures it")),
+}
+
+
+def _device_override(case: str, dtype: str, device: str) -> Tolerance | None:
+    if (case, dtype, device) in DEVICE_OVERRIDES:
+        return DEVICE_OVERRIDES[(case, dtype, device)]
+    for (key, dt, dev), tol in DEVICE_OVERRIDES.items():
+        if key.endswith("*") and case.startswith(key[:-1]) and (dt, dev) == (dtype, device):
+            return tol
+    return None
+
+
+def tolerance_for(case: str, dtype: str, device: str = "cpu") -> Tolerance:
+    """The tolerance of ``case`` in ``dtype`` for a pair computed (in part) on ``device``."""
+    if (tol := _device_override(case, dtype, device)) is not None:
+        return tol
     if case in OVERRIDES and dtype in OVERRIDES[case]:
         return OVERRIDES[case][dtype]
     for key, per_dtype in OVERRIDES.items():

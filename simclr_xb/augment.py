@@ -36,6 +36,7 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 STREAM_VIEWS = 0x5157
 STREAM_SHUFFLE = 0x5348
 STREAM_INIT = 0x494E
+STREAM_MONITOR = 0x4B4E  # the kNN monitor's fixed image subsets (simclr_xb/monitor.py)
 
 
 @dataclass
@@ -169,12 +170,81 @@ def source_hw(hw, n: int) -> tuple[np.ndarray, np.ndarray]:
     return H, W
 
 
+def sample_crop_boxes_tf2(rng: np.random.Generator, n: int, hw, scale: tuple[float, float],
+                          ratio: tuple[float, float], tries: int = 100,
+                          min_covered: float = 0.1) -> np.ndarray:
+    """tf.image.sample_distorted_bounding_box as the official tf2 code calls it (one box of
+    the whole image, use_image_if_no_bounding_boxes), vectorised over N views -> (N, 4) int64.
+
+    ``hw`` = (H, W), each a scalar or an (N,) array (one source size per view). The kernel's
+    semantics (tensorflow/core/kernels/image/sample_distorted_bounding_box_op.cc), in its
+    float32 arithmetic, per attempt: aspect a ~ U(ratio) (uniform, not log-uniform); the
+    height range is [rint(sqrt(lo H W / a)), rint(sqrt(hi H W / a))], the top lowered until
+    rint(h_max a) <= W and capped at H; h is UNIFORM over the integers of that range (so the
+    area is not uniform); w = rint(h a); if w h < lo H W then h + 1, if w h > hi H W then
+    h - 1 (w recomputed); the attempt fails if the area is still outside [lo, hi] H W, the box
+    does not fit, or it covers less than ``min_covered`` of the image (which is what makes
+    the smallest area max(lo, min_covered)). top ~ U{0 .. H - h - 1} (0 if h = H) and left
+    likewise: TF's Uniform(H - h) never reaches the last position. The first attempt that
+    succeeds wins; if none does, the whole image. rint rounds half to even (lrintf).
+    Draws 4 x N x ``tries`` uniforms whatever the outcome.
+    """
+    f32 = np.float32
+    H, W = source_hw(hw, n)
+    H, W = H[:, None], W[:, None]
+    u_aspect, u_height, u_top, u_left = (rng.random((n, tries)) for _ in range(4))
+    a = (u_aspect.astype(f32) * f32(ratio[1] - ratio[0]) + f32(ratio[0])).astype(f32)
+    min_area = f32(scale[0]) * W.astype(f32) * H.astype(f32)
+    max_area = f32(scale[1]) * W.astype(f32) * H.astype(f32)
+
+    def rint(v):
+        return np.rint(v).astype(np.int64)
+
+    h = rint(np.sqrt(min_area / a))
+    h_max = rint(np.sqrt(max_area / a))
+    too_wide = rint(h_max.astype(f32) * a) > W
+    lowered = ((W + 0.5 - 1e-7) / a.astype(np.float64)).astype(np.int64)
+    lowered -= rint(lowered.astype(f32) * a) > W
+    h_max = np.minimum(np.where(too_wide, lowered, h_max), H)
+    h = np.minimum(h, h_max)
+    h = h + np.floor(u_height * (h_max - h + 1)).astype(np.int64) * (h < h_max)
+    w = rint(h.astype(f32) * a)
+    area = (w * h).astype(f32)
+    grow = area < min_area
+    h = np.where(grow, h + 1, h)
+    w = np.where(grow, rint(h.astype(f32) * a), w)
+    area = (w * h).astype(f32)
+    shrink = area > max_area
+    h = np.where(shrink, h - 1, h)
+    w = np.where(shrink, rint(h.astype(f32) * a), w)
+    area = (w * h).astype(f32)
+    ok = (area >= min_area) & (area <= max_area) & (w <= W) & (h <= H) & (w > 0) & (h > 0)
+    image_area = (W * H).astype(f32)
+    ok &= (area >= 1.0) & (area / image_area >= f32(min_covered))
+    top = np.floor(u_top * np.maximum(H - h, 0)).astype(np.int64)
+    left = np.floor(u_left * np.maximum(W - w, 0)).astype(np.int64)
+    first = np.argmax(ok, axis=1)
+    rows = np.arange(n)
+    found = ok[rows, first]
+    H1, W1 = H[:, 0], W[:, 0]
+    box = np.stack([np.where(found, top[rows, first], 0), np.where(found, left[rows, first], 0),
+                    np.where(found, h[rows, first], H1), np.where(found, w[rows, first], W1)], axis=1)
+    return box.astype(np.int64)
+
+
 def sample_view_params(rng: np.random.Generator, cfg: AugmentConfig, n: int,
                        hw) -> ViewParams:
     """Draw every parameter of ``n`` views of source images of size ``hw`` = (H, W): scalars,
-    or per-view (n,) arrays (see :func:`source_hw`)."""
+    or per-view (n,) arrays (see :func:`source_hw`).
+
+    The crop sampler follows ``cfg.recipe``: :func:`sample_crop_boxes` (torchvision) or
+    :func:`sample_crop_boxes_tf2` (the official tf2 code); the other draws are the same."""
     s = cfg.strength
-    crop = sample_crop_boxes(rng, n, hw, cfg.crop_scale, cfg.crop_ratio, cfg.crop_tries)
+    if cfg.recipe == "tf2":
+        crop = sample_crop_boxes_tf2(rng, n, hw, cfg.crop_scale, cfg.crop_ratio, cfg.crop_tries,
+                                     cfg.crop_min_covered)
+    else:
+        crop = sample_crop_boxes(rng, n, hw, cfg.crop_scale, cfg.crop_ratio, cfg.crop_tries)
     flip = rng.random(n) < cfg.flip_p
     jitter = rng.random(n) < cfg.jitter_p
     brightness = rng.uniform(1 - 0.8 * s, 1 + 0.8 * s, n)
@@ -222,3 +292,13 @@ def center_crop_boxes(hw, n: int | None = None, proportion: float = 0.875) -> np
     H, W = source_hw(hw, n)
     side = np.maximum(1, np.rint(proportion * np.minimum(H, W).astype(np.float64))).astype(np.int64)
     return np.stack([(H - side + 1) // 2, (W - side + 1) // 2, side, side], axis=1).astype(np.int64)
+
+
+def sample_subset(seed: int, n: int, k: int, split: str) -> np.ndarray:
+    """``min(k, n)`` distinct indices of ``range(n)``, sorted, fixed by (seed, split): the kNN
+    monitor's images of one split (all of them, in order, when k >= n)."""
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        [int(seed), STREAM_MONITOR, *split.encode()])))
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)

@@ -179,13 +179,22 @@ def load_subset(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False).astype(np.int64)
+            a = np.load(path, allow_pickle=False, mmap_mode="r")
+            if a.ndim != 1 or a.dtype.kind not in "iu":
+                raise ValueError(f"holds {a.dtype} {a.shape}, expected integer indices (N,)")
+            return np.asarray(a, dtype=np.int64)
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read a label subset from {path}: {e}") from None
     if not isinstance(data, dict) or "subset_indices" not in data:
         raise ValueError(f"{path} has no 'subset_indices' (expected a simclr-xb finetune result)")
-    return np.asarray(data["subset_indices"], dtype=np.int64)
+    idx = data["subset_indices"]
+    if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) and
+                                            0 <= i < 2 ** 63 for i in idx):
+        bad = next((i for i in idx if not (isinstance(i, int) and not isinstance(i, bool) and
+                                           0 <= i < 2 ** 63)), idx) if isinstance(idx, list) else idx
+        raise ValueError(f"{path}: subset_indices must be a list of integers >= 0, found {bad!r}")
+    return np.asarray(idx, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- model pieces

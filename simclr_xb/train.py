@@ -45,6 +45,7 @@ from .augment import sample_pair
 from .backend import get_backend
 from .checkpoint import Checkpoint, CheckpointError, latest_good, library_versions, save_rolling
 from .config import Config, ConfigError
+from .monitor import KnnMonitor
 from .progress import MetricsLog, Progress
 from .schedules import LRSchedule
 
@@ -71,7 +72,9 @@ class TrainResult:
 
 # Fields a resumed run may change without changing its trajectory.
 RESUME_SAFE_FIELDS = {"train.max_steps", "train.log_every", "train.checkpoint_every",
-                      "train.keep_last", "data.num_workers", "data.root", "train.compile"}
+                      "train.keep_last", "data.num_workers", "data.root", "train.compile",
+                      "train.monitor_every", "train.monitor_train", "train.monitor_eval",
+                      "train.tensorboard", "train.progress_every_s"}
 
 
 def resume_config(ckpt_cfg: Config, requested: Config, requested_fields=(), where: str = "") -> Config:
@@ -240,6 +243,40 @@ def drop_partial_metrics(path: Path) -> int:
     return dropped
 
 
+def claim_run(out_dir: Path, ckpt, cfg: Config) -> str:
+    """The run identity of ``out_dir`` (run.json, :func:`simclr_xb.outputs.claim_run_folder`):
+    a new run needs a folder without another run in it; a resumed one continues its own run."""
+    from .outputs import OutputError, claim_run_folder
+    try:
+        return claim_run_folder(out_dir, resume_from=ckpt.path if ckpt is not None else None,
+                                init_from=cfg.train.init_from)
+    except OutputError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def init_from_checkpoint(trainer, cfg: Config, log=print) -> None:
+    """Load the encoder and head weights of ``cfg.train.init_from`` (a checkpoint file or run
+    folder; the exact file named, never another) into a fresh ``trainer``: momenta start at
+    zero, the online probe keeps its fresh initialisation, the step count starts at 0."""
+    src = latest_good(cfg.train.init_from, warn=lambda m: log(f"warning: {m}"))
+    src.check_fits_config()
+    fresh = {k: v for k, v in trainer.state_dict().items() if not k.startswith("momentum/")}
+    theirs = {k: v for k, v in src.weights.items() if not k.startswith("probe.")}
+    state = dict(fresh)
+    state.update(theirs)
+    try:
+        from .resnet_spec import check_weights, model_specs
+        check_weights(theirs, model_specs(cfg.model), "its weights")  # exactly this model's entries
+        trainer.load_state_dict(state)
+    except ValueError as e:
+        m = src.config.model
+        raise CheckpointError(f"--init-from {src.path}: its weights ({m.arch} x{m.width:g}, "
+                              f"{'CIFAR' if m.cifar_stem else 'ImageNet'} stem) do not fit this run's "
+                              f"model ({cfg.model.arch} x{cfg.model.width:g}): {e}") from None
+    log(f"initialised the weights from {src.path} (step {src.step}); a new run with its own "
+        f"schedule starts at step 0")
+
+
 def _nonfinite_entries(state: dict[str, np.ndarray]) -> list[str]:
     return [k for k, v in state.items()
             if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
@@ -274,6 +311,8 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
                 log(f"warning: the checkpoint was written by {int(ckpt.extra['world'])} processes, this run "
                     f"has {world}: the per-rank augmentation streams differ from an uninterrupted run")
     cfg.validate()
+    from .inputs import check_train_memory
+    check_train_memory(cfg, world)  # before any data, model or loader is allocated
 
     if is_main:  # before reading any data: a bad --out fails at once
         try:
@@ -285,6 +324,7 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
             raise CheckpointError(f"output folder {out_dir} is not writable ({e.strerror}: "
                                   f"{e.filename}): choose another --out") from None
         remove_stale_temp_files(out_dir, log=log)
+        claim_run(out_dir, ckpt, cfg)
         warning = small_image_warning(cfg)
         if warning:
             log(f"warning: {warning}")
@@ -322,6 +362,8 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
                                   f"({cfg.model.arch} x{cfg.model.width}, cifar_stem "
                                   f"{cfg.model.cifar_stem}): {e}") from None
         start = ckpt.step
+    elif cfg.train.init_from:
+        init_from_checkpoint(trainer, cfg, log if is_main else (lambda m: None))
 
     loader = stream_train_loader(cfg, dataset, per_rank, rank, world) if stream else \
         BatchLoader(dataset.images, dataset.labels, per_rank, seed=cfg.train.seed, rank=rank,
@@ -334,9 +376,11 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
 
     if is_main and ckpt is not None:
         drop_partial_metrics(out_dir / "metrics.jsonl")
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None) \
-        if is_main else None
-    progress = Progress(end, start, every=cfg.train.log_every, enabled=show_progress and is_main)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None,
+                         tensorboard=cfg.train.tensorboard) if is_main else None
+    progress = Progress(end, start, enabled=show_progress and is_main, steps_per_epoch=spe,
+                        interval_s=cfg.train.progress_every_s)
+    monitor = KnnMonitor.for_run(cfg, backend, trainer.device, dataset, spe, end, log) if is_main else None
     if is_main:
         log(f"simclr-xb: {backend} on {trainer.device}, {cfg.model.arch} x{cfg.model.width}, "
             f"{n_images} images of {'median ' if stream else ''}{hw[0]}x{hw[1]} from {dataset.name}, batch {cfg.train.batch_size}, "
@@ -437,10 +481,12 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
                         for k in ("probe_loss", "probe_acc"):
                             if k in m:
                                 rec[k] = float(m[k])
+                        rec.update(monitor.after_step(trainer, step) if monitor else {})
                         metrics.write(rec)
                         shown = {"loss": loss, "lr": lr, "img/s": round(ips, 1)}
                         if "probe_acc" in m:
                             shown["probe"] = f"{100 * float(m['probe_acc']):.0f}%"
+                        shown.update(monitor.shown() if monitor else {})
                         progress.update(step, epoch=epoch, **shown)
                     if step % cfg.train.checkpoint_every == 0 and step < end:
                         last_path = save(step) or last_path

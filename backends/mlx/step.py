@@ -109,7 +109,8 @@ def cross_entropy(logits: mx.array, labels: mx.array) -> mx.array:
     return mx.mean(lse - mx.take_along_axis(logits, labels[:, None], axis=1)[:, 0])
 
 
-def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = None) -> mx.array:
+def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = None,
+                     reduction: str = "mean") -> mx.array:
     """The SimCLR loss on this process's z (2N, d). With ``dist`` (a
     :class:`.distributed.DataParallel`) it is the loss of the GLOBAL batch: z of every rank
     gathered as [all view 1; all view 2], with a gather whose vjp sums across ranks.
@@ -118,11 +119,12 @@ def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = Non
     (:meth:`Trainer._loss_outside` and ``z_cotangent`` of :func:`simclr_loss`)."""
     if dist is not None:
         z = dist.gather_views(z)  # global negatives
-    return nt_xent(z, tau) if chunk is None else nt_xent_chunked(z, tau, chunk)  # loss.chunk
+    return nt_xent(z, tau, reduction) if chunk is None else nt_xent_chunked(z, tau, chunk, reduction)
 
 
 def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: float, dist=None,
-                z_cotangent: mx.array | None = None, loss_value: mx.array | None = None):
+                z_cotangent: mx.array | None = None, loss_value: mx.array | None = None,
+                reduction: str = "mean"):
     """Total loss of one step on the 2N views x -> (total, (loss, probe_loss, probe_acc)).
 
     ``labels`` (2N,) int or None; without labels probe_loss and probe_acc are 0 and unused.
@@ -134,7 +136,7 @@ def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: f
     """
     h, z = model(x)
     if z_cotangent is None:
-        loss = contrastive_loss(z, tau, dist)
+        loss = contrastive_loss(z, tau, dist, reduction=reduction)  # loss.reduction
     else:
         s = mx.sum((dist.gather_views(z) if dist is not None else z) * z_cotangent)
         loss = s - mx.stop_gradient(s) + loss_value
@@ -245,7 +247,7 @@ class Trainer:
         model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self.dist
 
         def loss_fn(x, labels=None, z_cotangent=None, loss_value=None):
-            return simclr_loss(model, x, labels, tau, dist, z_cotangent, loss_value)
+            return simclr_loss(model, x, labels, tau, dist, z_cotangent, loss_value, self.cfg.loss.reduction)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
@@ -306,7 +308,8 @@ class Trainer:
         finally:  # also when the forward fails (e.g. out of memory): the trainer stays usable
             for m, buffers in bns:
                 m.update(buffers)
-        loss, g = nt_xent_chunked_value_and_grad(z, self.cfg.loss.temperature, self.cfg.loss.chunk)
+        loss, g = nt_xent_chunked_value_and_grad(z, self.cfg.loss.temperature, self.cfg.loss.chunk,
+                                                 self.cfg.loss.reduction)
         return g, loss
 
     @staticmethod

@@ -199,8 +199,9 @@ class Trainer:
         self.optimizer = LARS(self.model.named_parameters(), excluded, lr=0.0, momentum=o.momentum,
                               weight_decay=o.weight_decay, eta=o.eta, nesterov=o.nesterov)
         # Swap point for distributed training: z (2N_local, d) -> scalar loss.
-        self.loss_fn = partial(nt_xent, tau=cfg.loss.temperature) if cfg.loss.chunk is None else \
-            partial(nt_xent_chunked, tau=cfg.loss.temperature, chunk=cfg.loss.chunk)  # memory O(N)
+        red = cfg.loss.reduction  # "mean" (eq. 1) or "tf2" (2x, the official objective.py)
+        self.loss_fn = partial(nt_xent, tau=cfg.loss.temperature, reduction=red) if cfg.loss.chunk is None else \
+            partial(nt_xent_chunked, tau=cfg.loss.temperature, chunk=cfg.loss.chunk, reduction=red)  # memory O(N)
         if self._dp is not None:  # global negatives: NT-Xent over every rank's z
             self.loss_fn = self._dp.global_loss(self.loss_fn)
         self._view_buf: torch.Tensor | None = None

@@ -74,6 +74,12 @@ def _shapes_args(arg: str | None) -> dict[str, int]:
             raise ValueError(f"dataset spec shapes:{arg} is invalid: expected shapes:train=N,test=M,seed=S "
                              f"(any subset, integers)")
         out[key] = int(value)
+        if out[key] < 0:
+            raise ValueError(f"dataset spec shapes:{arg} is invalid: {key} = {out[key]} must be >= 0")
+    from ..inputs import check_allocation
+    from .shapes import SIZE
+    for key in ("train", "test"):  # uint8 images plus the float32 rendering of one chunk
+        check_allocation(out[key] * SIZE * SIZE * 3, f"dataset spec shapes:{arg} ({key}={out[key]} images)")
     return out
 
 

@@ -51,13 +51,43 @@ def file_splits(f: h5py.File) -> dict[str, str]:
     return {}
 
 
+MAX_UNNAMED_CLASSES = 100_000  # labels without a 'classes' attribute: names "0".."max label"
+
+
 def _array(f: h5py.File, path: str, file: Path) -> np.ndarray:
     if path not in f:
         raise DataError(f"HDF5 file {file} has no dataset {path}")
     ds = f[path]
     if not isinstance(ds, h5py.Dataset):
         raise DataError(f"HDF5 file {file}: {path} is a group, expected a dataset")
+    _measure(ds, path, file)
     return ds[()]
+
+
+def _measure(ds, path: str, file: Path) -> None:
+    """Shape and dtype from the dataset's header, checked before a byte is read: images uint8
+    (N, H, W[, 1 or 3]) with H, W >= 1, labels integers (N,), the size within the memory budget."""
+    from ..inputs import InputTooLarge, check_allocation
+    try:
+        _measure_checked(ds, path, file, check_allocation)
+    except InputTooLarge as e:
+        raise DataError(str(e)) from None
+
+
+def _measure_checked(ds, path: str, file: Path, check_allocation) -> None:
+    shape, dtype = tuple(int(d) for d in ds.shape), ds.dtype
+    if path.endswith("images"):
+        ok = dtype == np.uint8 and (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3)))
+        if not ok or any(d < 1 for d in shape[1:3]):
+            raise DataError(f"HDF5 file {file}: dataset {path} is {dtype} {shape}, expected uint8 "
+                            f"(N, H, W, 3) or (N, H, W) with H, W >= 1")
+        # grey images are repeated to 3 channels: count the RGB copy too
+        extra = 3 * int(np.prod(shape[:3], dtype=object)) if len(shape) == 3 or shape[-1] == 1 else 0
+        check_allocation(int(np.prod(shape, dtype=object)) + extra, f"HDF5 file {file} dataset {path} {shape}")
+    else:
+        if len(shape) != 1 or dtype.kind not in "iu":
+            raise DataError(f"HDF5 file {file}: dataset {path} is {dtype} {shape}, expected integers (N,)")
+        check_allocation(shape[0] * 8 * 2, f"HDF5 file {file} dataset {path} {shape}")
 
 
 # Image arrays larger than this are read lazily, by index (HDF5 chunks), never whole.
@@ -125,6 +155,7 @@ def load_hdf5(path: str | os.PathLike, split: str = "train", name: str | None = 
             img_path, lbl_path = f"{g}/images", f"{g}/labels"
             if img_path in f and isinstance(f[img_path], h5py.Dataset) and f[img_path].nbytes > limit:
                 d = f[img_path]
+                _measure_checked(d, img_path, path, lambda *_: None)  # shape only: read lazily
                 images = LazyH5Images(path, img_path, d.shape, d.dtype)
                 images_dtype, images_shape = d.dtype, d.shape
             else:
@@ -151,6 +182,10 @@ def load_hdf5(path: str | os.PathLike, split: str = "train", name: str | None = 
     if labels.size and labels.min() < 0:
         raise DataError(f"HDF5 file {path}: dataset {lbl_path} has negative labels")
     if classes is None:
+        if labels.size and int(labels.max()) >= MAX_UNNAMED_CLASSES:
+            raise DataError(f"HDF5 file {path}: dataset {lbl_path} has label {int(labels.max())} and the "
+                            f"file has no 'classes' attribute: without one at most "
+                            f"{MAX_UNNAMED_CLASSES} classes are taken (add the class names)")
         classes = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
     if labels.size and labels.max() >= len(classes):
         raise DataError(f"HDF5 file {path}: dataset {lbl_path} has label {labels.max()} but the "
