@@ -444,15 +444,15 @@ def _jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _worker_views(data: bytes, boxes, size: int, draft: bool) -> np.ndarray:
+def _worker_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
     """The data workers' decode + crop + resize (simclr_xb.data.decode.crop_views) -> [0, 1]."""
     from simclr_xb.data.decode import crop_views
     out = np.empty((len(boxes), size, size, 3), np.uint8)
-    crop_views(data, boxes, size, out, "case", draft=draft)
+    crop_views(data, boxes, size, out, "case", resample=resample, draft=draft)
     return out / 255.0
 
 
-def _oracle_views(data: bytes, boxes, size: int, draft: bool) -> np.ndarray:
+def _oracle_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
     """The oracle's crop-and-resize of the fully decoded image (no draft mode)."""
     import io
 
@@ -461,7 +461,7 @@ def _oracle_views(data: bytes, boxes, size: int, draft: bool) -> np.ndarray:
     from simclr_xb import reference
     with Image.open(io.BytesIO(data)) as im:
         img = np.asarray(im.convert("RGB"))
-    return reference.crop_resize_antialias(img, boxes, size)
+    return reference.crop_resize_antialias(img, boxes, size, resample)
 
 
 def _decode_args(rng, dt, draft: bool):
@@ -481,6 +481,10 @@ def _data_cases() -> list[Case]:
                  kind="core", impls=impls, dtypes=("float64",)),
             Case("data.decode_crop_resize.draft", None, lambda r, dt: _decode_args(r, dt, True),
                  "the same with JPEG draft mode (DCT-scaled decode) for boxes >= 4x the view",
+                 kind="core", impls=impls, dtypes=("float64",)),
+            Case("data.decode_crop_resize.bicubic", None,
+                 lambda r, dt: _decode_args(r, dt, False) + ("bicubic",),
+                 "the antialiased bicubic resize the workers use for augment.recipe = tf2",
                  kind="core", impls=impls, dtypes=("float64",))]
 
 

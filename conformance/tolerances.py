@@ -59,6 +59,10 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "Pillow's 8-bit resampler rounds to uint8 after the horizontal pass and at the end, and "
         "quantises its coefficients: measured max 1.00 level (mean 0.27 levels) over seeds 0-5; "
         "atol is one uint8 level"))},
+    "data.decode_crop_resize.bicubic": {"float64": Tolerance(1.5 / 255, 0.0, (
+        "as data.decode_crop_resize, and Pillow clips the cubic's overshoot to [0, 255] after the "
+        "horizontal pass where the oracle clips once at the end: measured max 1.01 levels at seed "
+        "0 (1.01-1.07 over seeds 0-5, mean 0.27); atol 1.5 levels"))},
     "data.decode_crop_resize.draft": {"float64": Tolerance(10.0 / 255, 0.0, (
         "JPEG draft mode decodes at 1/2 scale with the DCT (not the triangle filter), which "
         "differs at hard edges: measured max 5.6 levels at seed 0 (3.4-8.9 over seeds 0-5, mean "
