@@ -6,9 +6,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is pinned first: a bare `torch` requirement would download a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-# MLX's Linux CPU wheel links a slow reference BLAS; Debian's OpenBLAS makes it ~8x faster.
-OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r0.3.21.so
-RUNENV := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS),)
+# MLX's Linux CPU wheel links a slow reference BLAS; Debian's OpenBLAS (libopenblas0-pthread,
+# any release) makes it several times faster. `simclr-xb` preloads it by itself (simclr_xb/blas.py);
+# the test run preloads it here when installed. `make test OPENBLAS=` runs without it; the tests
+# pass either way (CI runs the BLAS-sensitive ones both ways: .ci/run).
+OPENBLAS ?= $(lastword $(sort $(wildcard /usr/lib/*-linux-gnu/openblas-pthread/libopenblasp-r*.so)))
+RUNENV := $(if $(and $(OPENBLAS),$(wildcard $(OPENBLAS))),LD_PRELOAD=$(OPENBLAS),)
 
 .PHONY: install demo test conformance conformance-tf2 clean
 
