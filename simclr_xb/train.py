@@ -49,6 +49,32 @@ from .progress import MetricsLog, Progress
 from .schedules import LRSchedule
 
 
+def _step_pipeline(trainer, cfg, per_rank, hw, rank, spe, schedule, num_classes, end, dist, stop):
+    """The loop's steps through :class:`.pipeline.StepPipeline`: with an MLX trainer each
+    loss is read one step late (the next step already launched), see :mod:`.pipeline`."""
+    from .pipeline import StepPipeline
+    skip = cfg.train.on_nonfinite == "skip"
+
+    def args(images, labels, step):
+        p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, step // spe, step, rank)
+        return (images, labels if num_classes else None, p1, p2, schedule(step))
+
+    def launch(images, labels, step, keep_before):
+        return trainer.train_step_async(*args(images, labels, step), skip_nonfinite=skip,
+                                        keep_before=keep_before)
+
+    def run_sync(images, labels, step):
+        if skip:
+            return trainer.train_step(*args(images, labels, step), skip_nonfinite=True)
+        return trainer.train_step(*args(images, labels, step))
+
+    def may_launch(step):
+        return (step < end and step % cfg.train.checkpoint_every != 0 and dist is None
+                and stop.signum is None)
+
+    return StepPipeline(trainer, launch, run_sync, schedule, may_launch)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss (or a gradient) became NaN/Inf; the message says where and what was kept."""
 
@@ -354,16 +380,10 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
     try:
         with _StopFlag() as stop:
             epoch = step // spe
+            pipe = _step_pipeline(trainer, cfg, per_rank, hw, rank, spe, schedule, num_classes, end,
+                                  dist, stop)
             while step < end:
-                for images, labels, _ in loader.epoch(epoch, start_step=step % spe):
-                    t0 = time.perf_counter()
-                    p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, epoch, step, rank)
-                    lr = schedule(step)
-                    if skip_mode:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr,
-                                               skip_nonfinite=True)
-                    else:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr)
+                for t0, lr, m in pipe.run(loader.epoch(epoch, start_step=step % spe), step):
                     loss = float(m["loss"])
                     skipped = bool(m.get("skipped")) or not math.isfinite(loss)
                     if skipped:

@@ -186,6 +186,40 @@ def eval_identity_views(model: nn.Module, images_u8: np.ndarray, batch_size: int
     return np.concatenate(out) if out else np.zeros((0, out_dim), dtype=np.float32)
 
 
+class PendingStep:
+    """A step launched by :meth:`Trainer.train_step_async`: its outputs are being computed."""
+
+    def __init__(self, trainer: "Trainer", outputs: tuple, with_probe: bool, before):
+        self._trainer, self._outputs, self._with_probe, self._before = trainer, outputs, with_probe, before
+        self._result = None
+
+    def result(self) -> dict[str, float]:
+        """Wait for the step and return {"loss"[, "probe_loss", "probe_acc"]} (or the skip
+        record), as :meth:`Trainer.train_step`."""
+        if self._result is None:
+            loss, probe_loss, acc, *ok = self._outputs
+            with mx.stream(self._trainer._dev):
+                if ok and not ok[0].item():
+                    self._result = {"loss": float("nan"), "skipped": True}
+                else:
+                    self._result = {"loss": loss.item()}
+                    if self._with_probe:
+                        self._result.update(probe_loss=probe_loss.item(), probe_acc=acc.item())
+            self._before = None  # the step is kept: release the old state
+        return self._result
+
+    def discard(self) -> None:
+        """Undo the step: every state leaf (weights, BN buffers, momenta, optimizer counters)
+        goes back to its value from before it (needs ``keep_before``)."""
+        if self._before is None:
+            raise RuntimeError("this step cannot be undone: it was launched without keep_before "
+                               "or its result was already taken")
+        with mx.stream(self._trainer._dev):
+            _select_inplace(self._trainer._state, self._before, mx.array(False))
+            mx.eval(self._trainer._state)
+        self._before = None
+
+
 class Trainer:
     """The MLX side of :mod:`simclr_xb.train` (interface in :mod:`simclr_xb.backend`).
 
@@ -335,6 +369,19 @@ class Trainer:
         nothing (parameters, BN running statistics and num_batches_tracked, momenta and the
         optimizer's counters keep their values from before the forward; branch-free, see
         :meth:`_step_fn`) and the result is {"loss": nan, "skipped": True}."""
+        return self.train_step_async(images_u8, labels, p1, p2, lr,
+                                     skip_nonfinite=skip_nonfinite).result()
+
+    def train_step_async(self, images_u8: np.ndarray, labels: np.ndarray | None, p1: ViewParams,
+                         p2: ViewParams, lr: float, *, skip_nonfinite: bool = False,
+                         keep_before: bool = False) -> "PendingStep":
+        """:meth:`train_step` without waiting for it: the step's outputs and the new state are
+        handed to ``mx.async_eval`` and a :class:`PendingStep` is returned at once, so the
+        host can prepare the next step (sample views, load the batch, build its graph) while
+        this one computes. ``PendingStep.result()`` blocks and gives train_step's dict (the
+        same numbers: the graph is the same). ``keep_before``: hold the state from before the
+        step so that :meth:`PendingStep.discard` can undo it (the loop launches one step ahead
+        and undoes it when it stops early)."""
         n, H, W = self._check_images(images_u8)
         for name, p in (("p1", p1), ("p2", p2)):
             if len(p) != n:
@@ -344,6 +391,7 @@ class Trainer:
         if with_probe and np.shape(labels) != (n,):
             raise ValueError(f"labels must have shape ({n},), got {np.shape(labels)}")
         with mx.stream(self._dev):
+            before = tree_map(lambda a: a, self._state) if keep_before else None
             x = self.augment_pair(images_u8, p1, p2)
             self.optimizer.learning_rate = lr
             self.model.train()
@@ -351,13 +399,8 @@ class Trainer:
             step = self._step_fn(with_probe, skip_nonfinite)
             outside = self._loss_outside(x) if self.cfg.loss.chunk is not None else ()
             loss, probe_loss, acc, *ok = step(x, y, *outside) if with_probe else step(x, *outside)
-            mx.eval(loss, probe_loss, acc, *ok, self._state)
-        if ok and not ok[0].item():
-            return {"loss": float("nan"), "skipped": True}
-        out = {"loss": loss.item()}
-        if with_probe:
-            out.update(probe_loss=probe_loss.item(), probe_acc=acc.item())
-        return out
+            mx.async_eval(loss, probe_loss, acc, *ok, self._state)
+        return PendingStep(self, (loss, probe_loss, acc, *ok), with_probe, before)
 
     # ------------------------------------------------------------------ evaluation
     def encode(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -410,5 +453,5 @@ class Trainer:
         return replace(cfg, train=replace(cfg.train, precision=dtype))
 
 
-__all__ = ["SimCLRModel", "Trainer", "get_weights", "set_weights", "simclr_loss",
+__all__ = ["SimCLRModel", "Trainer", "PendingStep", "get_weights", "set_weights", "simclr_loss",
            "cross_entropy", "contrastive_loss", "lars_excluded_tree", "MOMENTUM_PREFIX"]
