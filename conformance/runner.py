@@ -31,6 +31,7 @@ from simclr_xb import reference
 from simclr_xb.augment import ViewParams
 from simclr_xb.backend import BACKENDS, BackendUnavailable, get_backend
 
+from . import tf2_ref
 from .cases import Case, all_cases
 from .compare import compare
 from .tolerances import EXACT, tolerance_for
@@ -67,7 +68,7 @@ def _backend_of(name: str) -> tuple[str, str | None]:
 
 def device_of(name: str) -> str:
     """The device an implementation computes on: "cpu", "gpu" (MLX Metal) or torch's DEVICE."""
-    if name == ORACLE:
+    if name in (ORACLE, tf2_ref.NAME):
         return "cpu"
     backend, dev = _backend_of(name)
     if dev is not None:
@@ -136,10 +137,16 @@ def implementations(backends: list[str], with_oracle: bool = True,
     impls: dict[str, Caller] = {}
     skipped: dict[str, str] = {}
     if with_oracle:
-        impls[ORACLE] = lambda fn, *args, dtype: getattr(reference, fn)(*_to64(args))
+        impls[ORACLE] = lambda fn, *args, dtype, **kw: getattr(reference, fn)(*_to64(args), **kw)
     for name in expand_backends(backends):
         if override and name in override:
             impls[name] = override[name]
+            continue
+        if name == tf2_ref.NAME:  # optional TensorFlow reference (extra [tf2]), see tf2_ref.py
+            try:
+                impls[name] = tf2_ref.caller()
+            except ImportError as e:
+                skipped[name] = str(e)
             continue
         backend, dev = _backend_of(name)
         try:
@@ -151,10 +158,11 @@ def implementations(backends: list[str], with_oracle: bool = True,
             skipped[name] = "MLX has no GPU on this machine (Metal needs Apple silicon)"
             continue
         if dev is None:
-            impls[name] = (lambda api: lambda fn, *args, dtype: getattr(api, fn)(*args, dtype=dtype))(api)
+            impls[name] = (lambda api: lambda fn, *args, dtype, **kw: getattr(api, fn)(
+                *args, dtype=dtype, **kw))(api)
         else:
-            impls[name] = (lambda api, dev: lambda fn, *args, dtype: getattr(api, fn)(
-                *args, dtype=dtype, device=dev))(api, dev)
+            impls[name] = (lambda api, dev: lambda fn, *args, dtype, **kw: getattr(api, fn)(
+                *args, dtype=dtype, device=dev, **kw))(api, dev)
     return impls, skipped
 
 
@@ -196,6 +204,8 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
              apis: dict | None = None) -> list[Result]:
     skipped = skipped or {}
     results: list[Result] = []
+    # an implementation may cover only some cases (the tf2 reference: ``supports``)
+    impls = {n: c for n, c in impls.items() if getattr(c, "supports", None) is None or c.supports(case, dtype)}
     # implementations that cannot run this dtype (mlx-gpu in float64) give SKIP rows
     cannot = {n: why for n in impls if (why := unsupported(n, dtype))}
     names = [n for n in impls if n not in cannot]
@@ -237,7 +247,7 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
         t0 = time.perf_counter()
         try:
             args = case.make(np.random.default_rng(case.seed), dtype)
-            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype))(call)
+            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype, **case.kwargs))(call)
             outputs[name] = bound(case.fn, *args) if isinstance(case.fn, str) else case.fn(bound, *args)
         except Exception as e:  # noqa: BLE001
             errors[name] = f"{type(e).__name__}: {e}"
@@ -286,7 +296,7 @@ def run(backends: list[str] | None = None, pattern: str | None = None,
     impls, skipped = implementations(backends, override=override)
     apis = {}
     for n in impls:
-        if n != ORACLE:
+        if _backend_of(n)[0] in BACKENDS:
             try:
                 apis[n] = get_backend(_backend_of(n)[0])
             except BackendUnavailable:

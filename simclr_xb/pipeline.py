@@ -25,8 +25,9 @@ from typing import Callable, Iterable, Iterator
 
 
 class StepPipeline:
-    """``launch(images, labels, step, keep_before) -> pending`` (with ``.result()`` and
-    ``.discard()``) or, for a synchronous trainer, ``run_sync(images, labels, step) -> dict``;
+    """``launch(batch, step, keep_before) -> pending`` (with ``.result()`` and ``.discard()``)
+    or, for a synchronous trainer, ``run_sync(batch, step) -> dict`` (``batch``: one item of
+    the loader's epoch iterator, passed through);
     ``lr_of(step)``; ``may_launch(step) -> bool`` says whether step ``step`` may start while the
     previous one's metrics are unread."""
 
@@ -41,22 +42,22 @@ class StepPipeline:
         counts the steps as before."""
         it = iter(batches)
         if not self.lagged:
-            for images, labels, _ in it:
+            for batch in it:
                 t0 = time.perf_counter()
-                yield t0, self._lr_of(step), self._run_sync(images, labels, step)
+                yield t0, self._lr_of(step), self._run_sync(batch, step)
                 step += 1
             return
         nxt = next(it, None)
         if nxt is None:
             return
         t0 = time.perf_counter()
-        cur = self._launch(nxt[0], nxt[1], step, False)
+        cur = self._launch(nxt, step, False)
         try:
             while cur is not None:
                 nxt = next(it, None) if self._may_launch(step + 1) else None
                 ahead, t_next = None, time.perf_counter()
                 if nxt is not None:
-                    ahead = self._launch(nxt[0], nxt[1], step + 1, True)
+                    ahead = self._launch(nxt, step + 1, True)
                     self._pending = ahead
                 m = cur.result()  # the one wait per step, one step late
                 yield t0, self._lr_of(step), m
@@ -67,7 +68,7 @@ class StepPipeline:
                     if nxt is None:
                         return
                     t_next = time.perf_counter()
-                    ahead = self._launch(nxt[0], nxt[1], step + 1, False)
+                    ahead = self._launch(nxt, step + 1, False)
                 cur, t0, step = ahead, t_next, step + 1
         finally:
             self.discard()

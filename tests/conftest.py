@@ -16,6 +16,12 @@ def pytest_report_header(config):
     return f"MLX_ENABLE_TF32={os.environ.get('MLX_ENABLE_TF32')} (full float32, set by tests/conftest.py)"
 
 
+# `simclr-xb` processes started by tests keep this process's BLAS: without this, simclr_xb/blas.py
+# would re-execute an MLX child with OpenBLAS preloaded, and its float32 results would no longer
+# be comparable with the parent's (tests/test_blas.py lifts it where it tests the re-execution).
+os.environ.setdefault("SIMCLR_XB_NO_OPENBLAS", "1")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch intra-op thread for the module, restored afterwards: tiny tensors gain nothing

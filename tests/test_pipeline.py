@@ -39,14 +39,14 @@ class FakeTrainer:
 
 
 def _pipe(log, may=lambda s: True):
-    return StepPipeline(FakeTrainer(), lambda im, lb, s, keep: log.append(("launch", s, keep))
+    return StepPipeline(FakeTrainer(), lambda batch, s, keep: log.append(("launch", s, keep))
                         or FakePending(log, s), None, lambda s: 0.1 * s, may)
 
 
 def test_each_step_is_launched_before_the_previous_one_is_read():
     log, got = [], []
     pipe = _pipe(log)
-    for t0, lr, m in pipe.run([(None, None, i) for i in range(3)], 5):
+    for t0, lr, m in pipe.run(range(3), 5):
         got.append(m["loss"])
     assert got == [5.0, 6.0, 7.0]
     assert log == [("launch", 5, False), ("launch", 6, True), ("read", 5), ("launch", 7, True),
@@ -56,7 +56,7 @@ def test_each_step_is_launched_before_the_previous_one_is_read():
 def test_no_launch_ahead_where_not_allowed_and_early_stop_undoes_the_step_in_flight():
     log = []
     pipe = _pipe(log, may=lambda s: s != 7)  # e.g. step 7 starts after a checkpoint
-    for t0, lr, m in pipe.run([(None, None, i) for i in range(4)], 5):
+    for t0, lr, m in pipe.run(range(4), 5):
         if m["loss"] == 7.0:
             break  # a stop: step 8 was launched ahead and is not counted
     assert ("launch", 7, True) not in log and ("launch", 7, False) in log
@@ -66,9 +66,9 @@ def test_no_launch_ahead_where_not_allowed_and_early_stop_undoes_the_step_in_fli
 
 def test_a_synchronous_trainer_runs_one_step_at_a_time():
     calls = []
-    pipe = StepPipeline(object(), None, lambda im, lb, s: calls.append(s) or {"loss": s},
+    pipe = StepPipeline(object(), None, lambda batch, s: calls.append(s) or {"loss": s},
                         lambda s: 0.0, lambda s: True)
-    assert [m["loss"] for _, _, m in pipe.run([(None, None, 0)] * 3, 2)] == [2, 3, 4] == calls
+    assert [m["loss"] for _, _, m in pipe.run([0] * 3, 2)] == [2, 3, 4] == calls
 
 
 # --------------------------------------------------------------------------- the MLX loop
@@ -162,9 +162,9 @@ def test_lagged_loop_stops_at_a_nonfinite_loss_and_keeps_the_checkpoints(dataset
     from simclr_xb.backends.mlx import step as S
     real, calls = S.nt_xent, []
 
-    def nan_at_4(z, tau):
+    def nan_at_4(z, tau, *rest):
         calls.append(1)
-        out = real(z, tau)
+        out = real(z, tau, *rest)
         return out * mx.array(float("nan")) if len(calls) == 5 else out
     monkeypatch.setattr(S, "nt_xent", nan_at_4)
     with pytest.raises(NonFiniteLossError, match="at step 4"):

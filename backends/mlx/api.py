@@ -32,7 +32,7 @@ from .step import MOMENTUM_PREFIX, Trainer
 
 __all__ = ["available", "version", "devices", "to_float", "resized_crop", "hflip",
            "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
-           "color_jitter", "grayscale", "gaussian_blur", "augment", "batch_norm", "conv2d",
+           "color_jitter", "grayscale", "gaussian_blur", "augment", "augment_cropped", "batch_norm", "conv2d",
            "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
            "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step", "Trainer"]
 
@@ -70,10 +70,10 @@ def to_float(images_u8, dtype: str = "float32", device: str | None = None) -> np
         return _np(aug.to_float(np.asarray(images_u8), convert.mx_dtype(dtype)))
 
 
-def resized_crop(x, crop, size: int, dtype: str = "float32",
+def resized_crop(x, crop, size: int, dtype: str = "float32", recipe: str = "torchvision",
                  device: str | None = None) -> np.ndarray:
     with convert.on_device(dtype, device):
-        return _np(aug.resized_crop(_x(x, dtype), np.asarray(crop), size))
+        return _np(aug.resized_crop(_x(x, dtype), np.asarray(crop), size, recipe))
 
 
 def hflip(x, flip, dtype: str = "float32", device: str | None = None) -> np.ndarray:
@@ -81,50 +81,59 @@ def hflip(x, flip, dtype: str = "float32", device: str | None = None) -> np.ndar
         return _np(aug.hflip(_x(x, dtype), mx.array(np.asarray(flip, dtype=bool))))
 
 
-def _factor_op(fn, x, factor, dtype, device=None):
+def _factor_op(fn, x, factor, dtype, *extra, device=None):
     with convert.on_device(dtype, device):
-        return _np(fn(_x(x, dtype), _x(factor, dtype)))
+        return _np(fn(_x(x, dtype), _x(factor, dtype), *extra))
 
 
 def adjust_brightness(x, factor, dtype: str = "float32",
                       device: str | None = None) -> np.ndarray:
-    return _factor_op(aug.adjust_brightness, x, factor, dtype, device)
+    return _factor_op(aug.adjust_brightness, x, factor, dtype, device=device)
 
 
-def adjust_contrast(x, factor, dtype: str = "float32", device: str | None = None) -> np.ndarray:
-    return _factor_op(aug.adjust_contrast, x, factor, dtype, device)
+def adjust_contrast(x, factor, dtype: str = "float32", recipe: str = "torchvision",
+                    device: str | None = None) -> np.ndarray:
+    return _factor_op(aug.adjust_contrast, x, factor, dtype, recipe, device=device)
 
 
-def adjust_saturation(x, factor, dtype: str = "float32",
+def adjust_saturation(x, factor, dtype: str = "float32", recipe: str = "torchvision",
                       device: str | None = None) -> np.ndarray:
-    return _factor_op(aug.adjust_saturation, x, factor, dtype, device)
+    return _factor_op(aug.adjust_saturation, x, factor, dtype, recipe, device=device)
 
 
 def adjust_hue(x, delta, dtype: str = "float32", device: str | None = None) -> np.ndarray:
-    return _factor_op(aug.adjust_hue, x, delta, dtype, device)
+    return _factor_op(aug.adjust_hue, x, delta, dtype, device=device)
 
 
-def color_jitter(x, params: ViewParams, dtype: str = "float32",
+def color_jitter(x, params: ViewParams, dtype: str = "float32", recipe: str = "torchvision",
                  device: str | None = None) -> np.ndarray:
     with convert.on_device(dtype, device):
-        return _np(aug.color_jitter(_x(x, dtype), params))
+        return _np(aug.color_jitter(_x(x, dtype), params, recipe))
 
 
-def grayscale(x, mask, dtype: str = "float32", device: str | None = None) -> np.ndarray:
+def grayscale(x, mask, dtype: str = "float32", recipe: str = "torchvision",
+              device: str | None = None) -> np.ndarray:
     with convert.on_device(dtype, device):
-        return _np(aug.grayscale(_x(x, dtype), mx.array(np.asarray(mask, dtype=bool))))
+        return _np(aug.grayscale(_x(x, dtype), mx.array(np.asarray(mask, dtype=bool)), recipe))
 
 
 def gaussian_blur(x, sigma, mask, kernel_size: int, dtype: str = "float32",
-                  device: str | None = None) -> np.ndarray:
+                  recipe: str = "torchvision", device: str | None = None) -> np.ndarray:
     with convert.on_device(dtype, device):
-        return _np(aug.gaussian_blur(_x(x, dtype), np.asarray(sigma), np.asarray(mask), kernel_size))
+        return _np(aug.gaussian_blur(_x(x, dtype), np.asarray(sigma), np.asarray(mask), kernel_size,
+                                     recipe))
 
 
 def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype: str = "float32",
             device: str | None = None) -> np.ndarray:
     with convert.on_device(dtype, device):
         return _np(aug.augment(np.asarray(images_u8), params, cfg, convert.mx_dtype(dtype)))
+
+
+def augment_cropped(views_u8, params: ViewParams, cfg: AugmentConfig, dtype: str = "float32",
+                    device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
+        return _np(aug.augment_cropped(np.asarray(views_u8), params, cfg, convert.mx_dtype(dtype)))
 
 
 # --------------------------------------------------------------------------- layers
@@ -193,31 +202,33 @@ def forward(x, weights, cfg: Config | ModelConfig, train: bool, dtype: str = "fl
 # --------------------------------------------------------------------------- loss
 
 
-def nt_xent(z, tau: float, dtype: str = "float32", device: str | None = None) -> float:
+def nt_xent(z, tau: float, dtype: str = "float32", reduction: str = "mean",
+            device: str | None = None) -> float:
     with convert.on_device(dtype, device):
-        return _nt_xent(_x(z, dtype), tau).item()
+        return _nt_xent(_x(z, dtype), tau, reduction).item()
 
 
-def nt_xent_grad(z, tau: float, dtype: str = "float32", device: str | None = None) -> np.ndarray:
+def nt_xent_grad(z, tau: float, dtype: str = "float32", reduction: str = "mean",
+                 device: str | None = None) -> np.ndarray:
     """dL/dz (2N, d) by autodiff of the same :func:`.ntxent.nt_xent`."""
     with convert.on_device(dtype, device):
-        return _np(mx.grad(lambda t: _nt_xent(t, tau))(_x(z, dtype)))
+        return _np(mx.grad(lambda t: _nt_xent(t, tau, reduction))(_x(z, dtype)))
 
 
-def nt_xent_chunked(z, tau: float, chunk: int, dtype: str = "float32",
+def nt_xent_chunked(z, tau: float, chunk: int, dtype: str = "float32", reduction: str = "mean",
                     device: str | None = None) -> float:
     """:func:`nt_xent` computed ``chunk`` rows at a time (never the 2N x 2N matrix)."""
     with convert.on_device(dtype, device):
-        return _nt_xent_chunked(_x(z, dtype), tau, chunk).item()
+        return _nt_xent_chunked(_x(z, dtype), tau, chunk, reduction).item()
 
 
 def nt_xent_chunked_grad(z, tau: float, chunk: int, dtype: str = "float32",
-                         device: str | None = None) -> np.ndarray:
+                         reduction: str = "mean", device: str | None = None) -> np.ndarray:
     """dL/dz (2N, d) of :func:`nt_xent_chunked` as the trainer takes it: eagerly, block by
     block (:func:`.ntxent.nt_xent_chunked_value_and_grad`; the custom-vjp form gives the same
     numbers, tests/test_mlx_backend.py)."""
     with convert.on_device(dtype, device):
-        return _np(_nt_xent_chunked_value_and_grad(_x(z, dtype), tau, chunk)[1])
+        return _np(_nt_xent_chunked_value_and_grad(_x(z, dtype), tau, chunk, reduction)[1])
 
 
 # --------------------------------------------------------------------------- optimiser

@@ -58,6 +58,7 @@ def _resumable(run_dir: Path, cfg) -> Path | None:
     for old in run_dir.glob("*.h5"):
         old.unlink()
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / "run.json").unlink(missing_ok=True)  # the folder's run identity (simclr_xb.outputs)
     return None
 
 
