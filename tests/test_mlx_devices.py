@@ -254,3 +254,23 @@ def test_bench_peak_rss_without_proc(monkeypatch):
     import resource
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert peak == (ru if sys.platform == "darwin" else ru * 1024) and peak > 0
+
+
+@pytest.mark.parametrize("recipe", ["torchvision", "tf2"])
+@pytest.mark.parametrize("length,kernel_size", [(16, 5), (24, 23), (7, 13)])
+def test_blur_matrices_built_on_the_device_match_the_host_ones(recipe, length, kernel_size):
+    """The per-step blur matrices come from cached taps on the device (no float64 matrices
+    built on the host): exactly the host's in float64, to float32 rounding in float32."""
+    from simclr_xb.backends.mlx import augment as aug
+    if recipe == "torchvision" and kernel_size // 2 >= length:
+        with pytest.raises(ValueError, match="reflect padding"):
+            aug.device_blur_matrices(np.array([1.0]), length, kernel_size, recipe, mx.float32)
+        return
+    sigma = np.array([0.1, 0.7, 1.3, 2.0])
+    host = aug.blur_matrices(sigma, length, kernel_size, recipe)
+    with mx.stream(mx.cpu):
+        d64 = np.array(aug.device_blur_matrices(sigma, length, kernel_size, recipe, mx.float64))
+        d32 = np.array(aug.device_blur_matrices(sigma, length, kernel_size, recipe, mx.float32))
+    np.testing.assert_array_equal(d64, host)
+    np.testing.assert_allclose(d32, host, rtol=2e-7, atol=1e-9)
+    assert (length, kernel_size, recipe, str(mx.float32)) in aug._TAPS  # cached for the next step
