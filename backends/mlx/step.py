@@ -25,11 +25,19 @@ rounding. Measured on a 2-core Linux CPU (mlx 0.32.4): warm steps cost the same 
 not (0.03 s for ResNet-18 width 0.125, 16 px, N=4), but the first compiled call JIT-builds its
 fused C++ kernels (25-50 s, cached under the temp dir per shape); on Metal compiling pays off.
 Augmentation (step 1) always runs eagerly because its gathers have per-step shapes (see
-:mod:`.augment`); it is evaluated in the same ``mx.eval`` as the step.
+:mod:`.augment`); it is evaluated with the step (one ``mx.async_eval``).
 
-Precision: "float32" (default) or "float64" (CPU stream only; MLX has no float64 on Metal).
-"bfloat16" is refused with a ConfigError: the MLX backend has no mixed-precision step
-yet (the torch backend's autocast has no MLX counterpart here).
+Precision: "float32" (default), "float64" (CPU stream only; MLX has no float64 on Metal) or
+"bfloat16": mixed precision with float32 master weights (as torch's autocast keeps them):
+the state, the momenta, the LARS step and the augmentation stay float32; each step runs the
+forward and backward on bfloat16 copies of the weights (the vjp of the cast hands float32
+gradients to LARS) and the NT-Xent and probe losses in float32. Meant for the Metal GPU (MLX's
+CPU runs it too, slowly); loss.chunk's extra forward runs in float32. Conformance stays
+float32 / float64.
+
+Host syncs: :meth:`Trainer.train_step_async` hands the step's outputs and state to
+``mx.async_eval`` and returns at once; :mod:`simclr_xb.pipeline` reads each loss one step late,
+so the host builds step s + 1 while step s computes.
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from simclr_xb.augment import ViewParams, identity_params
-from simclr_xb.config import Config, ConfigError, ModelConfig
+from simclr_xb.config import Config, ModelConfig
 from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import check_weights, feature_dim, init_weights, model_specs
 
@@ -135,6 +143,8 @@ def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: f
     ``z_cotangent`` (through the gather's vjp with ``dist``).
     """
     h, z = model(x)
+    if z.dtype == mx.bfloat16:  # mixed precision: the losses in float32, as autocast runs them
+        h, z = h.astype(mx.float32), z.astype(mx.float32)
     if z_cotangent is None:
         loss = contrastive_loss(z, tau, dist, reduction=reduction)  # loss.reduction
     else:
@@ -238,11 +248,14 @@ class Trainer:
                  dist=None):
         cfg.validate()
         precision = cfg.train.precision
+        # bfloat16: mixed precision as torch's autocast keeps it: float32 master weights, BN
+        # buffers, momenta and augmentation; the forward and backward in bfloat16; the losses
+        # in float32 (:meth:`_step_fn`, :func:`simclr_loss`)
+        self.compute_dtype = mx.bfloat16 if precision == "bfloat16" else None
         if precision == "bfloat16":
-            raise ConfigError("config field train.precision = 'bfloat16' is not supported by the "
-                              "MLX backend yet: expected 'float32' (or 'float64' on the CPU)")
+            precision = "float32"
         self.cfg = cfg
-        self.dtype = precision
+        self.dtype = precision  # of the state and the views
         self.dist = None
         if active(dist) is not None:
             from .distributed import DataParallel
@@ -280,8 +293,17 @@ class Trainer:
             return self._steps[key]
         model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self.dist
 
+        mixed = self.compute_dtype
+
         def loss_fn(x, labels=None, z_cotangent=None, loss_value=None):
+            if mixed is not None:  # bf16 copies of the float32 masters: their vjp casts back
+                model.update(tree_map(lambda p: p.astype(mixed), model.trainable_parameters()))
+                x = x.astype(mixed)
             return simclr_loss(model, x, labels, tau, dist, z_cotangent, loss_value, self.cfg.loss.reduction)
+
+        def masters_back(masters):
+            if masters is not None:  # the model holds the float32 master weights again
+                model.update(masters)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
@@ -304,7 +326,9 @@ class Trainer:
         def step_probe(x, labels, *outside):
             self.traces += 1  # Python runs only while tracing when compiled
             before = tree_map(lambda a: a, state) if skip_nonfinite else None  # same leaves
+            masters = model.trainable_parameters() if mixed is not None else None
             (total, aux), grads = loss_and_grad(x, labels, *outside)
+            masters_back(masters)
             if dist is not None:
                 aux = dist.mean(aux)  # probe metrics of the global batch (the loss is global)
             return (*aux, *update(total, grads, before))
@@ -312,7 +336,9 @@ class Trainer:
         def step_ssl(x, *outside):
             self.traces += 1
             before = tree_map(lambda a: a, state) if skip_nonfinite else None
+            masters = model.trainable_parameters() if mixed is not None else None
             (total, aux), grads = loss_and_grad(x, None, *outside)
+            masters_back(masters)
             grads.pop("probe", None)  # no labels: the probe takes no step at all
             return (*aux, *update(total, grads, before))
 
