@@ -19,6 +19,7 @@ skipped here with that reason; the first one runs everywhere.
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 import inspect
 import sys
 from pathlib import Path
@@ -274,3 +275,22 @@ def test_blur_matrices_built_on_the_device_match_the_host_ones(recipe, length, k
     np.testing.assert_array_equal(d64, host)
     np.testing.assert_allclose(d32, host, rtol=2e-7, atol=1e-9)
     assert (length, kernel_size, recipe, str(mx.float32)) in aug._TAPS  # cached for the next step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trainer_step_on_each_device_matches_the_cpu(device):
+    """One float32 Trainer step per available device (here: cpu) against the CPU's, and the
+    async form gives the synchronous numbers."""
+    from simclr_xb.augment import sample_pair
+    from simclr_xb.config import preset
+    cfg = preset("tiny").with_overrides(["model.width=0.125", "augment.image_size=16",
+                                         "train.batch_size=4"])
+    u8 = np.random.default_rng(0).integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)
+    p1, p2 = sample_pair(cfg.augment, 4, (20, 20), 0, 0, 0)
+    ref = api.Trainer(cfg, None, device="cpu").train_step(u8, None, p1, p2, 0.1)["loss"]
+    t = api.Trainer(cfg, None, device=device)
+    assert t.device == device
+    got = t.train_step_async(u8, None, p1, p2, 0.1).result()["loss"]
+    assert abs(got - ref) <= (0 if device == "cpu" else 1e-3) * max(1.0, abs(ref))
+    t64 = api.Trainer(replace(cfg, train=replace(cfg.train, precision="float64")), None)
+    assert t64.device == "cpu"  # float64 lands on the CPU whatever the default device
