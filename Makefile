@@ -1,7 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - venv + install, then pre-train on the built-in `shapes` dataset and print the accuracy
 #   make test   - venv + install, then run the test suite (what CI runs)
-PYTHON ?= python3
+# A Python >= 3.11 (pyproject's requires-python): the first of python3.13, python3.12, python3.11
+# and python3 that is new enough (a fresh Mac's python3 is Apple's 3.9). Override: make PYTHON=...
+PY_OK  := import sys; sys.exit(sys.version_info < (3, 11))
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(firstword $(foreach p,python3.13 python3.12 python3.11 python3,$(shell command -v $(p) >/dev/null 2>&1 && $(p) -c '$(PY_OK)' 2>/dev/null && echo $(p))))
+endif
+PY_MISSING = simclr-xb needs Python >= 3.11 ($(or $(PYTHON),none of python3.13 python3.12 python3.11 python3 is)): install one (macOS: brew install python@3.12, or python.org) or run make PYTHON=/path/to/python3.12
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is pinned first: a bare `torch` requirement would download a multi-GB CUDA build.
@@ -16,6 +22,7 @@ RUNENV := $(if $(and $(OPENBLAS),$(wildcard $(OPENBLAS))),LD_PRELOAD=$(OPENBLAS)
 .PHONY: install demo test conformance conformance-tf2 clean
 
 $(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" && $(PYTHON) -c '$(PY_OK)' 2>/dev/null || { echo "$(PY_MISSING)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"

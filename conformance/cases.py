@@ -201,9 +201,11 @@ def _layer_cases() -> list[Case]:
     return cases
 
 
-# Shapes at which Metal swaps in a Winograd kernel for 3x3 stride-1 convolutions (many
-# channels, many output pixels): C = O = 128 and N*H*W = 4 * 32 * 32 = 4096. Every other case
-# uses width 0.125 (at most 64 channels), which never reaches it.
+# Shapes at which Metal swaps in a Winograd kernel for 3x3 stride-1 convolutions: MLX's
+# mlx/backend/metal/conv.cpp takes winograd_conv_2D_gpu for a 3x3, stride-1, undilated,
+# unflipped conv with C % 32 == 0, O % 32 == 0, C + O >= 256 and N*H*W >= 4096 (the input
+# pixels). Here C = O = 128 and N*H*W = 4 * 32 * 32 = 4096: just at the threshold. Every other
+# case uses width 0.125 (at most 64 channels), which never reaches it.
 R18_W05 = replace(R18, width=0.5)  # layer3.1: a basic block 128 -> 128, stride 1
 
 
