@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r0.3.21.so
 RUNENV := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS),)
 
-.PHONY: install demo test conformance clean
+.PHONY: install demo test conformance conformance-tf2 clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: install
 
 conformance: install
 	$(RUNENV) $(BIN)/simclr-xb conformance
+
+# The official recipe checked against TensorFlow's own ops (installs the [tf2] extra once):
+# the tf2 rows of the conformance suite and the crop sampler's two-sample test.
+conformance-tf2: install
+	$(BIN)/python -c "import tensorflow" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[tf2]'
+	$(RUNENV) $(BIN)/simclr-xb conformance --backends torch,mlx,tf2 --cases 'tf2,adjust_brightness,adjust_hue,nt_xent,lars'
+	$(RUNENV) $(BIN)/python -m pytest -q tests/test_tf2_reference.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -52,10 +52,54 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "2.3e-2 mlx vs the oracle, 2.1e-3 torch vs mlx when set; 4.5e-4 torch, 2.3e-2 mlx, "
         "2.3e-2 torch vs mlx after the NT-Xent epsilon change; oracle sensitivity 4.7e-3. The same "
         "case in float64 passes at 1e-10 (measured 7e-12)."))},
+    # The data workers' decode + crop + resize (uint8 views / 255) against the float64 oracle
+    # reference.crop_resize_antialias on the fully decoded image (Pillow 13.0, libjpeg-turbo
+    # 6.2, 2026-12-01; measured over case seeds 0-5).
+    "data.decode_crop_resize": {"float64": Tolerance(1.0 / 255 + 1e-9, 0.0, (
+        "Pillow's 8-bit resampler rounds to uint8 after the horizontal pass and at the end, and "
+        "quantises its coefficients: measured max 1.00 level (mean 0.27 levels) over seeds 0-5; "
+        "atol is one uint8 level"))},
+    "data.decode_crop_resize.draft": {"float64": Tolerance(10.0 / 255, 0.0, (
+        "JPEG draft mode decodes at 1/2 scale with the DCT (not the triangle filter), which "
+        "differs at hard edges: measured max 5.6 levels at seed 0 (3.4-8.9 over seeds 0-5, mean "
+        "0.30-0.35 levels); atol 10 levels. tests/test_stream.py also bounds the mean error"))},
 }
 
 
-def tolerance_for(case: str, dtype: str) -> Tolerance:
+# (case name or prefix ending in '*', dtype, device) -> Tolerance: device-specific overrides,
+# looked up before OVERRIDES. "device" is the device of the pair's member that is not on the
+# CPU ("gpu" = MLX on Metal), so mlx-gpu~oracle, mlx-gpu~mlx-cpu and torch~mlx-gpu use them.
+# Every GPU entry below is NOT YET MEASURED: no Mac has run the suite. They are the CPU values
+# widened 10x for the kernels Metal swaps in at these shapes (a Winograd 3x3 stride-1 conv);
+# a `simclr-xb selfcheck` report from a Mac replaces each with its measured error.
+NOT_MEASURED = "not yet measured"
+DEVICE_OVERRIDES: dict[tuple[str, str, str], Tolerance] = {
+    ("conv2d.winograd*", "float32", "gpu"): Tolerance(1e-4, 1e-4, (
+        f"{NOT_MEASURED} on a Metal GPU: Metal may run large 3x3 stride-1 convolutions "
+        "(C = O = 128 here) through a Winograd kernel whose float32 error exceeds direct "
+        "convolution's; 10x the float32 default until a Mac report measures it")),
+    ("block.basic.winograd*", "float32", "gpu"): Tolerance(1e-4, 1e-4, (
+        f"{NOT_MEASURED} on a Metal GPU: two Winograd-sized 3x3 convolutions with BN between; "
+        "10x the float32 default until a Mac report measures it")),
+    ("encoder.*", "float32", "gpu"): Tolerance(1e-3, 1e-5, (
+        f"{NOT_MEASURED} on a Metal GPU: the CPU's encoder tolerance (resnet50 train-mode BN "
+        "amplifies float32 rounding), kept until a Mac report measures it")),
+}
+
+
+def _device_override(case: str, dtype: str, device: str) -> Tolerance | None:
+    if (case, dtype, device) in DEVICE_OVERRIDES:
+        return DEVICE_OVERRIDES[(case, dtype, device)]
+    for (key, dt, dev), tol in DEVICE_OVERRIDES.items():
+        if key.endswith("*") and case.startswith(key[:-1]) and (dt, dev) == (dtype, device):
+            return tol
+    return None
+
+
+def tolerance_for(case: str, dtype: str, device: str = "cpu") -> Tolerance:
+    """The tolerance of ``case`` in ``dtype`` for a pair computed (in part) on ``device``."""
+    if (tol := _device_override(case, dtype, device)) is not None:
+        return tol
     if case in OVERRIDES and dtype in OVERRIDES[case]:
         return OVERRIDES[case][dtype]
     for key, per_dtype in OVERRIDES.items():

@@ -17,6 +17,8 @@ Module-level functions of ``api`` (``dtype`` is "float32" or "float64"; outputs 
   color_jitter(x, params, dtype); grayscale(x, mask, dtype)
   gaussian_blur(x, sigma, mask, kernel_size, dtype)
   augment(images_u8, params, cfg: AugmentConfig, dtype) -> (N, S, S, 3) NHWC
+  augment_cropped(views_u8, params, cfg, dtype): the same for views the data workers already
+      cut and resized to S (flip, jitter, grayscale, blur)
   batch_norm(x, weight, bias, running_mean, running_var, train, momentum, eps, dtype)
       -> (y, new_mean, new_var)
   conv2d(x, w, stride, padding, dtype)
@@ -57,7 +59,7 @@ BACKENDS = ("torch", "mlx")
 API_FUNCTIONS = (
     "to_float", "resized_crop", "hflip", "adjust_brightness", "adjust_contrast",
     "adjust_saturation", "adjust_hue", "color_jitter", "grayscale", "gaussian_blur", "augment",
-    "batch_norm", "conv2d", "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
+    "augment_cropped", "batch_norm", "conv2d", "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
     "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step",
 )
 

@@ -21,6 +21,23 @@ from typing import Any, get_type_hints
 ARCHS = ("resnet18", "resnet34", "resnet50")
 LR_SCALINGS = ("linear", "sqrt")
 PRECISIONS = ("float32", "float64", "bfloat16")
+# augment.recipe: "torchvision" (RandomResizedCrop, bilinear, grey-blend contrast and saturation,
+# reflect-padded blur) or "tf2" (the official google-research/simclr tf2 data_util.py ops).
+RECIPES = ("torchvision", "tf2")
+# loss.reduction: "mean" = paper eq. 1 (mean over the 2N ordered pairs); "tf2" = the official
+# objective.py, the two directions summed and averaged over N: exactly 2x eq. 1.
+LOSS_REDUCTIONS = ("mean", "tf2")
+# model.init: "kaiming" (torchvision: normal, fan_out, gain sqrt 2) or "tf" (the official
+# resnet.py: tf.keras VarianceScaling(), i.e. scale 1, fan_in, normal truncated at 2 sigma).
+INITS = ("kaiming", "tf")
+
+
+def loss_scale(reduction: str) -> float:
+    """The factor a loss.reduction puts on eq. 1 (mean over 2N): 1 for "mean", 2 for "tf2"."""
+    if reduction not in LOSS_REDUCTIONS:
+        raise ConfigError(f"config field loss.reduction = {reduction!r} is invalid: expected one of "
+                          f"{LOSS_REDUCTIONS}")
+    return 2.0 if reduction == "tf2" else 1.0
 
 
 class ConfigError(ValueError):
@@ -40,8 +57,12 @@ class ModelConfig:
     width: float = 1.0
     # CIFAR variant (paper appendix B.9): first conv 3x3 stride 1 and no max-pool.
     cifar_stem: bool = False
-    # Zero-init the last BN gamma of each residual block (Goyal et al. 2017).
+    # Zero-init the last BN gamma of each residual block (Goyal et al. 2017); the official
+    # tf2 resnet.py always does (BatchNormRelu(init_zero=True) at the end of every block).
     zero_init_residual: bool = False
+    # Conv init: "kaiming" (torchvision) or "tf" (official: VarianceScaling fan_in, truncated
+    # normal); see INITS. Head and probe weights are N(0, 0.01) in both (official model.py).
+    init: str = "kaiming"
     # Projection head g: number of linear layers, hidden width (None = the encoder's feature
     # width, as in the official code) and output width (128 in the paper).
     head_layers: int = 2
@@ -56,6 +77,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check(self.arch in ARCHS, "model.arch", self.arch, f"one of {ARCHS}")
+        _check(self.init in INITS, "model.init", self.init, f"one of {INITS}")
         _check(self.width > 0, "model.width", self.width, "a width multiplier > 0")
         base = 64 * self.width
         _check(abs(base - round(base)) < 1e-9 and round(base) >= 1, "model.width", self.width,
@@ -76,9 +98,20 @@ class ModelConfig:
 class AugmentConfig:
     # Output side of each view (square). The encoder sees image_size x image_size.
     image_size: int = 224
+    # Which implementation of the ops (see RECIPES): "torchvision" = RandomResizedCrop
+    # sampler, bilinear resize, contrast/saturation blended with grey, reflect-padded blur,
+    # grey 0.299/0.587/0.114; "tf2" = the official tf2 code: sample_distorted_bounding_box
+    # sampler (aspect UNIFORM in crop_ratio, crop_tries attempts, crop_min_covered, fallback
+    # the whole image), TF bicubic resize, per-channel-mean contrast, HSV saturation,
+    # zero ('SAME') padded blur, grey 0.2989/0.5870/0.1140.
+    recipe: str = "torchvision"
     crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the source image
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio, sampled log-uniformly
-    crop_tries: int = 10
+    # aspect ratio w/h: log-uniform (torchvision) or uniform (tf2) in this range
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_tries: int = 10  # torchvision 10; the official tf2 code passes max_attempts=100
+    # tf2 only: the crop must cover at least this fraction of the image (min_object_covered;
+    # with area_range (0.08, 1) it raises the smallest area to 0.1). Ignored by torchvision.
+    crop_min_covered: float = 0.1
     flip_p: float = 0.5
     jitter_p: float = 0.8
     strength: float = 1.0  # colour-distortion strength s (1.0 ImageNet, 0.5 CIFAR-10)
@@ -93,6 +126,9 @@ class AugmentConfig:
         lo, hi = self.crop_ratio
         _check(0 < lo <= hi, "augment.crop_ratio", self.crop_ratio, "0 < lo <= hi")
         _check(self.crop_tries >= 1, "augment.crop_tries", self.crop_tries, "an integer >= 1")
+        _check(self.recipe in RECIPES, "augment.recipe", self.recipe, f"one of {RECIPES}")
+        _check(0 <= self.crop_min_covered <= 1, "augment.crop_min_covered", self.crop_min_covered,
+               "a fraction in [0, 1]")
         for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
             v = getattr(self, name)
             _check(0 <= v <= 1, f"augment.{name}", v, "a probability in [0, 1]")
@@ -115,8 +151,15 @@ class LossConfig:
     # grows linearly in N instead of quadratically (for large batches; slightly slower; on MLX
     # one extra forward per step, as the loss gradient is taken outside the compiled step).
     chunk: int | None = None
+    # "mean" (eq. 1, mean over the 2N ordered pairs) or "tf2" (official objective.py: both
+    # directions summed, averaged over N = 2x eq. 1). Under LARS the trust ratio cancels the
+    # scale for adapted weights, but the excluded BN parameters step lr * g and the weight
+    # decay competes with g: the official lr and weight_decay assume "tf2".
+    reduction: str = "mean"
 
     def validate(self) -> None:
+        _check(self.reduction in LOSS_REDUCTIONS, "loss.reduction", self.reduction,
+               f"one of {LOSS_REDUCTIONS}")
         _check(self.temperature > 0 and math.isfinite(self.temperature), "loss.temperature",
                self.temperature, "a finite value > 0")
         _check(self.chunk is None or (not isinstance(self.chunk, bool) and isinstance(self.chunk, int)
@@ -164,6 +207,9 @@ class TrainConfig:
     # What to do on a non-finite loss: "stop" (default) or "skip" the step, counting skips.
     on_nonfinite: str = "stop"
     max_skips: int = 10
+    # A new run whose weights start from this checkpoint file or run folder (CLI --init-from);
+    # its own config and schedule apply (e.g. more epochs). None: the model's own initialisation.
+    init_from: str | None = None
     # kNN monitor (simclr_xb/monitor.py): every monitor_every epochs (0 = off) and at the end,
     # the weighted kNN of `simclr-xb eval` scored on monitor_eval images of the test split with
     # a bank of monitor_train training images (fixed seeded subsets; all when fewer). Rank 0 only.
@@ -199,7 +245,7 @@ class DataConfig:
     # Dataset spec: shapes, fashion-mnist, mnist, cifar10, cifar100, folder:PATH, hdf5:PATH.
     name: str = "shapes"
     root: str | None = None  # folder to look in (default: $SIMCLR_XB_DATA, ~/.cache/simclr_xb, ...)
-    num_workers: int = 1  # background prefetch threads for the loader
+    num_workers: int = 1  # prefetch threads (in-memory data); decode processes (folder:, wds:)
     skip_bad_images: bool = False
 
     def validate(self) -> None:
@@ -415,23 +461,40 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 # --- presets ---------------------------------------------------------------------------
+def _official_model(arch: str) -> ModelConfig:
+    """The official tf2 model: zero-init last BN gamma of every block (resnet.py), TF's
+    VarianceScaling conv init, a 3-layer head with BN (run.py: num_proj_layers 3,
+    proj_out_dim 128), BN decay 0.9 (= momentum 0.1 here), eps 1e-5. cifar_stem follows
+    model.py's ``image_size <= 32``."""
+    return ModelConfig(arch=arch, width=1.0, zero_init_residual=True, init="tf", head_layers=3,
+                       head_hidden=None, head_out=128, head_bn=True, bn_momentum=0.1, bn_eps=1e-5)
+
+
 def _imagenet() -> Config:
+    """google-research/simclr tf2/README.md's ImageNet pre-training command (batch 4096,
+    100 epochs, tau 0.1, lr 0.075 with sqrt scaling = 0.3 linear at 4096, weight decay 1e-4),
+    run.py's defaults for every flag it leaves out, and data_util.py's augmentation."""
     return Config(
-        model=ModelConfig(arch="resnet50", width=1.0, cifar_stem=False),
-        augment=AugmentConfig(image_size=224, strength=1.0, blur_p=0.5),
-        loss=LossConfig(temperature=0.1),
-        optim=OptimConfig(lr_scaling="linear", warmup_epochs=10),
+        model=replace(_official_model("resnet50"), cifar_stem=False),
+        augment=AugmentConfig(image_size=224, recipe="tf2", crop_tries=100, strength=1.0, blur_p=0.5),
+        loss=LossConfig(temperature=0.1, reduction="tf2"),
+        optim=OptimConfig(base_lr=0.075, lr_scaling="sqrt", weight_decay=1e-4, warmup_epochs=10),
         train=TrainConfig(batch_size=4096, epochs=100),
-        data=DataConfig(name="imagenet"),
+        # An ImageNet folder (train/<class>/*, val/<class>/*): ./imagenet, else
+        # $SIMCLR_XB_DATA/imagenet or ~/.cache/simclr_xb/imagenet; streamed by index.
+        data=DataConfig(name="folder:imagenet", num_workers=8),
     )
 
 
 def _cifar() -> Config:
+    """google-research/simclr tf2/README.md's CIFAR-10 command: ResNet-18, batch 512,
+    1000 epochs, lr 1.0 (linear scaling: 2.0 at 512), weight decay 1e-4, tau 0.5, colour
+    strength 0.5, no blur; run.py's defaults otherwise (10 warmup epochs, LARS, 3-layer head)."""
     return Config(
-        model=ModelConfig(arch="resnet50", width=1.0, cifar_stem=True),
-        augment=AugmentConfig(image_size=32, strength=0.5, blur_p=0.0),
-        loss=LossConfig(temperature=0.5),
-        optim=OptimConfig(lr_scaling="linear", warmup_epochs=10),
+        model=replace(_official_model("resnet18"), cifar_stem=True),
+        augment=AugmentConfig(image_size=32, recipe="tf2", crop_tries=100, strength=0.5, blur_p=0.0),
+        loss=LossConfig(temperature=0.5, reduction="tf2"),
+        optim=OptimConfig(base_lr=1.0, lr_scaling="linear", weight_decay=1e-4, warmup_epochs=10),
         train=TrainConfig(batch_size=512, epochs=1000),
         data=DataConfig(name="cifar10"),
     )
@@ -446,6 +509,9 @@ def _tiny() -> Config:
     crop (0.2, 1) -> 37.3%; crop (0.35, 1) -> 45.2%; then batch 128 (twice the steps,
     sqrt-scaled lr 0.85) -> 63.5% (crop (0.2, 1) at batch 128: 46.4%, crop (0.5, 1): 51.3%).
     An 8%-area crop of a 32 px image is 9x9 px: a fragment of the shape, or only background.
+    It keeps the torchvision recipe, the eq. 1 loss scale and Kaiming init: every number above
+    was measured with them (and its lr tuned under them); the official tf2 recipe is one
+    override away (augment.recipe=tf2 loss.reduction=tf2 ...), see README.
     """
     return Config(
         model=ModelConfig(arch="resnet18", width=0.25, cifar_stem=True, head_hidden=None, head_out=64),

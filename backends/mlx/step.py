@@ -46,7 +46,7 @@ from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import check_weights, feature_dim, init_weights, model_specs
 
 from . import convert
-from .augment import augment
+from .augment import augment, augment_cropped
 from .head import ProjectionHead
 from .lars import LARS
 from .layers import BUFFERS, BatchNorm, logsumexp
@@ -109,7 +109,8 @@ def cross_entropy(logits: mx.array, labels: mx.array) -> mx.array:
     return mx.mean(lse - mx.take_along_axis(logits, labels[:, None], axis=1)[:, 0])
 
 
-def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = None) -> mx.array:
+def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = None,
+                     reduction: str = "mean") -> mx.array:
     """The SimCLR loss on this process's z (2N, d). With ``dist`` (a
     :class:`.distributed.DataParallel`) it is the loss of the GLOBAL batch: z of every rank
     gathered as [all view 1; all view 2], with a gather whose vjp sums across ranks.
@@ -118,11 +119,12 @@ def contrastive_loss(z: mx.array, tau: float, dist=None, chunk: int | None = Non
     (:meth:`Trainer._loss_outside` and ``z_cotangent`` of :func:`simclr_loss`)."""
     if dist is not None:
         z = dist.gather_views(z)  # global negatives
-    return nt_xent(z, tau) if chunk is None else nt_xent_chunked(z, tau, chunk)  # loss.chunk
+    return nt_xent(z, tau, reduction) if chunk is None else nt_xent_chunked(z, tau, chunk, reduction)
 
 
 def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: float, dist=None,
-                z_cotangent: mx.array | None = None, loss_value: mx.array | None = None):
+                z_cotangent: mx.array | None = None, loss_value: mx.array | None = None,
+                reduction: str = "mean"):
     """Total loss of one step on the 2N views x -> (total, (loss, probe_loss, probe_acc)).
 
     ``labels`` (2N,) int or None; without labels probe_loss and probe_acc are 0 and unused.
@@ -134,7 +136,7 @@ def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: f
     """
     h, z = model(x)
     if z_cotangent is None:
-        loss = contrastive_loss(z, tau, dist)
+        loss = contrastive_loss(z, tau, dist, reduction=reduction)  # loss.reduction
     else:
         s = mx.sum((dist.gather_views(z) if dist is not None else z) * z_cotangent)
         loss = s - mx.stop_gradient(s) + loss_value
@@ -245,7 +247,7 @@ class Trainer:
         model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self.dist
 
         def loss_fn(x, labels=None, z_cotangent=None, loss_value=None):
-            return simclr_loss(model, x, labels, tau, dist, z_cotangent, loss_value)
+            return simclr_loss(model, x, labels, tau, dist, z_cotangent, loss_value, self.cfg.loss.reduction)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
@@ -306,7 +308,8 @@ class Trainer:
         finally:  # also when the forward fails (e.g. out of memory): the trainer stays usable
             for m, buffers in bns:
                 m.update(buffers)
-        loss, g = nt_xent_chunked_value_and_grad(z, self.cfg.loss.temperature, self.cfg.loss.chunk)
+        loss, g = nt_xent_chunked_value_and_grad(z, self.cfg.loss.temperature, self.cfg.loss.chunk,
+                                                 self.cfg.loss.reduction)
         return g, loss
 
     @staticmethod
@@ -314,8 +317,9 @@ class Trainer:
         shape = tuple(np.shape(images_u8))
         if len(shape) != 4 or shape[3] != 3:
             raise ValueError(f"images_u8 must be NHWC (N, H, W, 3), got shape {shape}")
-        if np.asarray(images_u8).dtype != np.uint8:
-            raise ValueError(f"images_u8 must have dtype uint8, got {np.asarray(images_u8).dtype}")
+        dt = getattr(images_u8, "dtype", None) or np.asarray(images_u8).dtype  # lazy arrays: no read
+        if dt != np.uint8:
+            raise ValueError(f"images_u8 must have dtype uint8, got {dt}")
         return shape[0], shape[1], shape[2]
 
     def augment_pair(self, images_u8: np.ndarray, p1: ViewParams, p2: ViewParams) -> mx.array:
@@ -327,24 +331,34 @@ class Trainer:
                        convert.mx_dtype(self.dtype))
 
     def train_step(self, images_u8: np.ndarray, labels: np.ndarray | None, p1: ViewParams,
-                   p2: ViewParams, lr: float, *, skip_nonfinite: bool = False) -> dict[str, float]:
+                   p2: ViewParams, lr: float, *, skip_nonfinite: bool = False,
+                   cropped: bool = False) -> dict[str, float]:
         """One SimCLR step on uint8 images (N, H, W, 3) with the two views' parameters;
         ``labels`` (N,) int or None. Returns {"loss"[, "probe_loss", "probe_acc"]}.
 
         ``skip_nonfinite``: if the total loss or any gradient is NaN/Inf, the step changes
         nothing (parameters, BN running statistics and num_batches_tracked, momenta and the
         optimizer's counters keep their values from before the forward; branch-free, see
-        :meth:`_step_fn`) and the result is {"loss": nan, "skipped": True}."""
+        :meth:`_step_fn`) and the result is {"loss": nan, "skipped": True}.
+
+        ``cropped``: ``images_u8`` are the 2N views (2N, S, S, 3) the data workers already cut
+        from the original images, [view 1 of every image; view 2 of every image]
+        (simclr_xb.data.StreamLoader); ``p1``/``p2`` supply flip, jitter, grayscale, blur."""
         n, H, W = self._check_images(images_u8)
+        if cropped:
+            n //= 2
         for name, p in (("p1", p1), ("p2", p2)):
             if len(p) != n:
                 raise ValueError(f"{name} has {len(p)} views for {n} images")
-            p.validate((H, W))
+            if not cropped:
+                p.validate((H, W))
         with_probe = self.num_classes is not None and labels is not None
         if with_probe and np.shape(labels) != (n,):
             raise ValueError(f"labels must have shape ({n},), got {np.shape(labels)}")
         with mx.stream(self._dev):
-            x = self.augment_pair(images_u8, p1, p2)
+            x = augment_cropped(np.asarray(images_u8, dtype=np.uint8), ViewParams.concat([p1, p2]),
+                                self.cfg.augment, convert.mx_dtype(self.dtype)) if cropped else \
+                self.augment_pair(images_u8, p1, p2)
             self.optimizer.learning_rate = lr
             self.model.train()
             y = mx.array(np.concatenate([labels, labels]).astype(np.int32)) if with_probe else None

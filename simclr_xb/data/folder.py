@@ -37,13 +37,10 @@ def _is_image(p: Path) -> bool:
 
 
 def split_folders(path: Path) -> dict[str, Path]:
-    """{"train": folder, "test": folder} if PATH/train exists, else {"train": PATH}."""
-    if (path / "train").is_dir():
-        out = {"train": path / "train"}
-        if (path / "test").is_dir():
-            out["test"] = path / "test"
-        return out
-    return {"train": path}
+    """{"train": folder, "test": folder} if PATH/train exists (the evaluation split is PATH/val,
+    else PATH/test: ImageNet's layout), else {"train": PATH}."""
+    from .index import split_dirs
+    return split_dirs(path)
 
 
 def _class_dirs(folder: Path) -> dict[str, list[Path]]:
