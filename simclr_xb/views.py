@@ -176,7 +176,8 @@ def views_command(cfg, out: str | Path, n: int = 8, step: int = 0, backends=("to
     a = cfg.augment
     title = (f"simclr-xb views: {cfg.data.name} ({split}), step {step}, seed {cfg.train.seed}, "
              f"batch {cfg.train.batch_size} | size {a.image_size}, crop {a.crop_scale[0]:g}-"
-             f"{a.crop_scale[1]:g}, strength {a.strength:g}, blur p {a.blur_p:g}")
+             f"{a.crop_scale[1]:g}, strength {a.strength:g}, blur p {a.blur_p:g}"
+             + (f", recipe {a.recipe}" if hasattr(a, "recipe") else ""))
     pic = render_views(cfg, images, p1, p2, tuple(backends), title=title,
                        labels=[f"#{int(i)} {ds.classes[int(ds.labels[i])]}" for i in idx])
     pic.indices = idx
