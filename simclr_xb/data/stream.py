@@ -19,7 +19,9 @@ Every view is a pure function of (file bytes, box, size), so batches are bit-ide
 ``num_workers`` (0 decodes in the caller) and after a resume. A file that cannot be decoded is
 named in a :class:`~simclr_xb.data.common.DataError`; with ``skip_bad_images`` its rows are left
 out of that batch (the batch is smaller by one image) with one warning per file, and the
-workers keep going either way. A worker that dies (killed by the OS, e.g. out of memory)
+workers keep going either way. (With several ranks a smaller batch on one rank is not
+supported by the global NT-Xent gather: clean the data, or index with skip_bad_images, which
+drops files whose header cannot be read before training.) A worker that dies (killed by the OS, e.g. out of memory)
 raises :class:`DataWorkerError` naming it and its exit signal; the consumer never waits on a
 dead worker.
 """
@@ -104,7 +106,7 @@ _SHARD_FILES: dict[str, int] = {}  # per process: shard path -> open fd
 def read_bytes(index: ImageIndex, i: int) -> bytes:
     """The encoded bytes of image ``i`` (a file, or a member of a tar shard by offset)."""
     if index.kind == "folder":
-        with open(os.path.join(index.root, str(index.files[i])), "rb") as f:
+        with open(os.path.join(index.root, index.name(i)), "rb") as f:
             return f.read()
     path = index.shards[int(index.shard[i])]
     fd = _SHARD_FILES.get(path)
@@ -113,13 +115,13 @@ def read_bytes(index: ImageIndex, i: int) -> bytes:
     n = int(index.length[i])
     data = os.pread(fd, n, int(index.offset[i]))
     if len(data) != n:
-        raise OSError(f"shard {path} is truncated: {len(data)} of {n} bytes of {index.files[i]}")
+        raise OSError(f"shard {path} is truncated: {len(data)} of {n} bytes of {index.name(i)}")
     return data
 
 
 def source_of(index: ImageIndex, i: int):
     """What :func:`crop_views` opens: the path of a file, the bytes of a tar member."""
-    return os.path.join(index.root, str(index.files[i])) if index.kind == "folder" else read_bytes(index, i)
+    return os.path.join(index.root, index.name(i)) if index.kind == "folder" else read_bytes(index, i)
 
 
 @dataclass(frozen=True)
@@ -166,12 +168,10 @@ def _worker_main(wid: int, index: ImageIndex, spec: DecodeSpec, shm_name: str, s
                 return
             gen, step, slot, idx, boxes = task
             try:
-                out = ring[slot, :, :len(idx)]
-                bad = decode_batch(index, idx, boxes, spec, out)
+                bad = decode_batch(index, idx, boxes, spec, ring[slot, :, :len(idx)])
                 results.put((gen, step, slot, bad, None))
             except BaseException:  # noqa: BLE001 - reported, the worker keeps serving
                 results.put((gen, step, slot, [], f"worker {wid}: {traceback.format_exc()}"))
-            del out
     finally:
         del ring
         shm.close()
