@@ -17,6 +17,11 @@ cannot change the trajectory (tests/test_monitor.py compares runs with it on and
 process and in two data-parallel ranks), and its value equals ``simclr-xb eval``'s kNN on a
 checkpoint of the same step and the same images.
 
+Checks come only at an epoch's last step and at the run's last step: there the MLX step
+pipeline (simclr_xb/pipeline.py) has no step in flight (it never launches ahead across an
+epoch's end or past the last step), so ``trainer.state_dict()`` is the state after that step
+(the MLX case of the eval-equality test checks it).
+
 Cost: one forward of ``monitor_train + monitor_eval`` images per check (the demo, 2000 +
 2000 images of 32 px: docs in README.md "Watching a run"). ``train.monitor_every = 0`` turns it
 off. Other ranks wait at the next step's collective while rank 0 checks.
