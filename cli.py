@@ -874,7 +874,7 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
         opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \
             else {"backends": tuple(names), "repeats": repeats}
         if name == "data":
-            opts = {"work_dir": data_dir, "n_files": n_files}
+            opts = {"work_dir": data_dir, "n_files": n_files, "repeats": repeats}
         elif device is not None:
             opts["device"] = _bench_device(device)
         command = "simclr-xb bench " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))
