@@ -172,8 +172,8 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
     rows.append({"bench": "workers", "scaling_1_to_2": w2 / w1})
     per_image = sum(a.nbytes for a in (ds.index.files, ds.index.labels, ds.index.hw)) / len(ds)
     rows.append({"bench": "memory", "index_bytes_per_image": per_image,
-                 "ring_bytes": 2 * 2 * 2 * 256 * 224 * 224 * 3, "note": "ring: 2 workers x prefetch 2 "
-                 "batches of 256 pairs at 224 px, whatever the dataset size"})
+                 "ring_bytes": 2 * 256 * 2 * 224 * 224 * 3, "note": "ring: prefetch 2 batches of 256 "
+                 "pairs at 224 px, whatever the dataset size and the number of workers"})
     return Report(suite="data", settings={"files": n, "pairs": pairs, "repeats": repeats, "threads": 1,
                                           "own_threads": 3,
                                           "folder": str(root),
