@@ -103,7 +103,6 @@ def config_options(f):
     return f
 
 
-ISSUES_URL = "https://github.com/simclr-xb/simclr-xb/issues"
 DEBUG_ENV = "SIMCLR_XB_DEBUG"
 
 
@@ -153,8 +152,8 @@ class _ErrorBoundary(click.Group):
             else:
                 hint = f"rerun with --debug (simclr-xb --debug ...) or {DEBUG_ENV}=1 for the traceback"
             raise UserError(f"internal error ({type(e).__name__}: {_one_line(e, 200)}); this is a bug "
-                            f"in simclr-xb: {hint}, and report it with the command line at "
-                            f"{ISSUES_URL}") from e
+                            f"in simclr-xb {__version__}: {hint}, and report it to the project's issue "
+                            f"tracker with the command line and that traceback") from e
 
 
 @click.group(cls=_ErrorBoundary, context_settings={"help_option_names": ["-h", "--help"]})
@@ -869,6 +868,13 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     plot_path = plot_path or ("runs/bench-tiny/quality.png" if tiny else "benchmarks/quality.png")
     data_dir = work_dir  # data: where the generated JPEG folder goes (default runs/bench-data-N)
     work_dir = work_dir or ("runs/bench-tiny/quality" if tiny else "runs/bench-quality")
+    from simclr_xb.outputs import check_output_dir, check_output_file
+    try:  # before any measurement
+        check_output_dir(out_dir)
+        check_output_dir(work_dir, "--work-dir")
+        check_output_file(plot_path, "--plot")
+    except ValueError as e:
+        raise UserError(str(e)) from e
     argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else [suite]
     for name in (SUITES if suite == "all" else (suite,)):
         opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \

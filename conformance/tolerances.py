@@ -45,13 +45,17 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "of each entry, so small entries fail a per-entry 1e-5. Measured max abs 3.8e-5 torch, "
         "5.1e-5 mlx vs the oracle, 4.6e-5 torch vs mlx (at an entry of 0.53); oracle "
         "sensitivity 1.1e-5. atol 1e-4 is 1e-6 of max |h|. float64 passes at 1e-10."))},
-    "train_step.5": {"float32": Tolerance(8e-2, 1e-5, (
-        "5 consecutive steps: the stem BN gradient sums 2N*H*W terms that cancel to ~1e-3 of "
-        "their size (~1% relative float32 error in every implementation) and BN parameters take "
-        "plain SGD steps, so float32 trajectories separate: measured max abs 2.2e-2 torch, "
-        "2.3e-2 mlx vs the oracle, 2.1e-3 torch vs mlx when set; 4.5e-4 torch, 2.3e-2 mlx, "
-        "2.3e-2 torch vs mlx after the NT-Xent epsilon change; oracle sensitivity 4.7e-3. The same "
-        "case in float64 passes at 1e-10 (measured 7e-12)."))},
+    "train_step.5": {"float32": Tolerance(1e-3, 1e-5, (
+        "5 consecutive steps at lr 0.02 .. 0.004 (cases.MULTI_STEP_LRS). Depends on BLAS/device "
+        "rounding: a ReLU input within float32 noise of 0 (smallest oracle margin 5.5e-7, at "
+        "step 5) flips sign in float32 and changes BN gradients by a finite amount. Measured "
+        "2026-12-01 (torch 2.13, mlx 0.32.4, CPU), with and without OpenBLAS: max abs 2.2e-4 "
+        "torch, 2.2e-4 mlx vs the oracle, 1.7e-5 torch vs mlx; the oracle's own spread over 20 "
+        "float32-rounded starts and over 20 runs with float32-rounded conv/BN outputs: max 2.2e-4. "
+        "Teeth (tests/test_conformance.py): a 1% error in d(encoder.bn1.weight) moves it 5.2e-2, "
+        "BN backward with the unbiased variance 1.5e-1, running_var biased 3.6e-2. Before "
+        "(lr 0.1 .. 0.02, atol 8e-2): 4.6e-4 torch, 5.9e-2 mlx, oracle spread 2.2e-2. "
+        "docs/float32.md. The same case in float64 passes at 1e-10."))},
     # The data workers' decode + crop + resize (uint8 views / 255) against the float64 oracle
     # reference.crop_resize_antialias on the fully decoded image (Pillow 13.0, libjpeg-turbo
     # 6.2, 2026-12-01; measured over case seeds 0-5).
@@ -68,6 +72,16 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "differs at hard edges: measured max 5.6 levels at seed 0 (3.4-8.9 over seeds 0-5, mean "
         "0.30-0.35 levels); atol 10 levels. tests/test_stream.py also bounds the mean error"))},
 }
+
+
+# The tf2 recipe cases (augment.tf2.*, nt_xent*.tf2.*, train_step.1.tf2) need no override:
+# measured max abs in float32 (torch 2.13 CPU, mlx CPU, tensorflow-cpu 2.21, 2026-12-01):
+# bicubic crop-resize 1.3e-7 torch, 1.7e-7 mlx, 1.9e-7 TensorFlow vs the oracle (TF's 1024-step
+# weight table is reproduced, so the default 1e-5 holds; exact Keys weights would be off by
+# ~1e-3); per-channel contrast 1.0e-7 / 1.9e-7 / 6.2e-8; HSV saturation 3.1e-7 / 5.4e-7 /
+# 4.3e-7; grayscale 8.6e-8 (TF); zero-padded blur k23 2.4e-7 / 2.2e-7 / 2.7e-7; the whole tf2
+# pipeline 1.1e-6 / 1.8e-6 / 6.1e-7; tf2 loss value 2e-7..1.2e-6 and LARS 1.2e-7 (TF). float64:
+# <= 6e-15 (train_step.1.tf2 5.3e-10 relative, inside 1e-10 + 1e-10 |b|).
 
 
 # (case name or prefix ending in '*', dtype, device) -> Tolerance: device-specific overrides,

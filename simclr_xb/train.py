@@ -50,6 +50,39 @@ from .progress import MetricsLog, Progress
 from .schedules import LRSchedule
 
 
+def _step_pipeline(trainer, cfg, per_rank, hw, rank, spe, schedule, num_classes, end, dist, stop,
+                   stream=False):
+    """The loop's steps through :class:`.pipeline.StepPipeline`: with an MLX trainer each
+    loss is read one step late (the next step already launched), see :mod:`.pipeline`."""
+    from .pipeline import StepPipeline
+    skip = cfg.train.on_nonfinite == "skip"
+
+    def args(batch, step):
+        if stream:  # views already cut by the workers, from the boxes drawn for them
+            images, labels, (p1, p2) = batch.views, batch.labels, batch.params
+            kw = {"cropped": True}
+        else:
+            images, labels, kw = batch.images, batch.labels, {}
+            p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, step // spe, step, rank)
+        if skip:
+            kw["skip_nonfinite"] = True
+        return (images, labels if num_classes else None, p1, p2, schedule(step)), kw
+
+    def launch(batch, step, keep_before):
+        a, kw = args(batch, step)
+        return trainer.train_step_async(*a, keep_before=keep_before, **kw)
+
+    def run_sync(batch, step):
+        a, kw = args(batch, step)
+        return trainer.train_step(*a, **kw)
+
+    def may_launch(step):
+        return (step < end and step % cfg.train.checkpoint_every != 0 and dist is None
+                and stop.signum is None)
+
+    return StepPipeline(trainer, launch, run_sync, schedule, may_launch)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss (or a gradient) became NaN/Inf; the message says where and what was kept."""
 
@@ -427,21 +460,10 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
     try:
         with _StopFlag() as stop:
             epoch = step // spe
+            pipe = _step_pipeline(trainer, cfg, per_rank, hw, rank, spe, schedule, num_classes, end,
+                                  dist, stop, stream)
             while step < end:
-                for batch in loader.epoch(epoch, start_step=step % spe):
-                    t0 = time.perf_counter()
-                    if stream:  # views already cut by the workers, from the boxes drawn for them
-                        images, labels, (p1, p2) = batch.views, batch.labels, batch.params
-                        kw = {"cropped": True}
-                    else:
-                        images, labels, kw = batch.images, batch.labels, {}
-                        p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, epoch, step, rank)
-                    lr = schedule(step)
-                    if skip_mode:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr,
-                                               skip_nonfinite=True, **kw)
-                    else:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr, **kw)
+                for t0, lr, m in pipe.run(loader.epoch(epoch, start_step=step % spe), step):
                     loss = float(m["loss"])
                     skipped = bool(m.get("skipped")) or not math.isfinite(loss)
                     if skipped:

@@ -33,7 +33,7 @@ from simclr_xb.data.pixels import to_rgb_uint8
 from simclr_xb.inputs import InputTooLarge
 
 BUDGET = 64 << 20
-FAST = settings(max_examples=40, deadline=None, derandomize=True,
+FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SLOW = settings(FAST, max_examples=15)
 
