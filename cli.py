@@ -592,7 +592,7 @@ def data_show(spec, root):
 
 @data.command("pack")
 @click.argument("src")
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
 @click.option("--root", default=None, help="Folder to read SRC from.")
 @click.option("--format", "fmt", type=click.Choice(["hdf5", "wds"]), default="hdf5", show_default=True,
               help="hdf5: one file of decoded arrays; wds: WebDataset tar shards (OUT is a folder) of "
