@@ -592,7 +592,7 @@ def data_show(spec, root):
 
 @data.command("pack")
 @click.argument("src")
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
 @click.option("--root", default=None, help="Folder to read SRC from.")
 @click.option("--format", "fmt", type=click.Choice(["hdf5", "wds"]), default="hdf5", show_default=True,
               help="hdf5: one file of decoded arrays; wds: WebDataset tar shards (OUT is a folder) of "
@@ -880,7 +880,7 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
         opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \
             else {"backends": tuple(names), "repeats": repeats}
         if name == "data":
-            opts = {"work_dir": data_dir, "n_files": n_files}
+            opts = {"work_dir": data_dir, "n_files": n_files, "repeats": repeats}
         elif device is not None:
             opts["device"] = _bench_device(device)
         command = "simclr-xb bench " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))
