@@ -36,6 +36,7 @@ class Case:
     impls: dict = field(default_factory=dict)  # for kind "core": name -> callable(*args)
     dtypes: tuple = DTYPES
     seed: int = 0
+    kwargs: dict = field(default_factory=dict)  # keyword arguments for every implementation (recipe=...)
 
 
 def _cast(a, dtype):
@@ -106,6 +107,10 @@ def _aug_cases() -> list[Case]:
     cases.append(Case("augment.full.16px", "augment", full, "the whole pipeline, blur on"))
     cases.append(Case("augment.full.64px_from_96", "augment", lambda r, dt: full(
         r, dt, AugmentConfig(image_size=64, blur_p=0.5), (96, 80), 4), "ImageNet-like pipeline, k=7"))
+    cases.append(Case("augment.cropped_views", "augment_cropped", lambda r, dt: (
+        _images_u8(r, 6, 16, 16), _params(r, 6, (300, 200)), AUG),
+        "views already cut by the data workers (boxes in 300x200 source pixels): flip, jitter, "
+        "grayscale, blur"))
     cases.append(Case("augment.identity_view", "augment", lambda r, dt: (
         _images_u8(r, 4, 16, 16), identity_params(4, (16, 16)), AUG), "the evaluation view"))
     return cases
@@ -171,6 +176,7 @@ def _layer_cases() -> list[Case]:
         x = _cast(np.maximum(rng.normal(size=(4, hw, hw, spec.in_ch)), 0), dt)
         return x, w, spec, train, cfg.bn_momentum, cfg.bn_eps
 
+    cases += _winograd_cases(block_args)
     for train in (True, False):
         mode = "train" if train else "eval"
         cases.append(Case(f"block.basic.stride2.{mode}", "block",
@@ -192,6 +198,29 @@ def _layer_cases() -> list[Case]:
         cases.append(Case(f"head.bn.{mode}", "head", lambda r, dt, t=train: head_args(r, dt, R18, t)))
         cases.append(Case(f"head.plain_3layer.{mode}", "head",
                           lambda r, dt, t=train: head_args(r, dt, R18_NOBN, t)))
+    return cases
+
+
+# Shapes at which Metal swaps in a Winograd kernel for 3x3 stride-1 convolutions: MLX's
+# mlx/backend/metal/conv.cpp takes winograd_conv_2D_gpu for a 3x3, stride-1, undilated,
+# unflipped conv with C % 32 == 0, O % 32 == 0, C + O >= 256 and N*H*W >= 4096 (the input
+# pixels). Here C = O = 128 and N*H*W = 4 * 32 * 32 = 4096: just at the threshold. Every other
+# case uses width 0.125 (at most 64 channels), which never reaches it.
+R18_W05 = replace(R18, width=0.5)  # layer3.1: a basic block 128 -> 128, stride 1
+
+
+def _winograd_cases(block_args) -> list[Case]:
+    def conv(rng, dt):
+        x = rng.normal(size=(4, 32, 32, 128))
+        w = rng.normal(0, 1 / math.sqrt(128 * 9), (128, 128, 3, 3))
+        return _cast(x, dt), _cast(w, dt), 1, 1
+
+    doc = "Winograd-sized: C = O = 128, 3x3 stride 1, N*H*W = 4096"
+    cases = [Case("conv2d.winograd.3x3s1p1.c128", "conv2d", conv, doc)]
+    for train in (True, False):
+        mode = "train" if train else "eval"
+        cases.append(Case(f"block.basic.winograd.c128.{mode}", "block",
+                          lambda r, dt, t=train: block_args(r, dt, R18_W05, 5, t, 32), doc))
     return cases
 
 
@@ -319,6 +348,157 @@ CROSSLOAD_CASE = Case("checkpoint.crossload", "crossload", lambda r, dt: (TINY,)
                       kind="crossload", dtypes=("float32",))
 
 
+# --------------------------------------------------------------------------- tf2 recipe
+AUG_TF2 = replace(AUG, recipe="tf2", crop_tries=100)
+
+
+def _recipe_cases() -> list[Case]:
+    """augment.recipe = "tf2" ops and loss.reduction = "tf2" (the official tf2 code)."""
+    tf2 = {"recipe": "tf2"}
+
+    def crop(rng, dt, size=16, hw=(20, 24)):
+        return _floats(rng, dt, h=hw[0], w=hw[1]), _params(rng, 6, hw, AUG_TF2).crop, size
+
+    def edge_boxes(rng, dt):
+        x = _floats(rng, dt, h=20, w=24)
+        boxes = np.array([[0, 0, 1, 1], [19, 23, 1, 1], [3, 5, 2, 7], [0, 0, 20, 24], [10, 0, 10, 1],
+                          [5, 6, 15, 18]], np.int64)
+        return x, boxes, 16
+
+    def overshoot(rng, dt):  # bicubic output is not clamped: the jitter ops see values past [0, 1]
+        return _cast(rng.uniform(-0.1, 1.1, size=(6, 16, 16, 3)), dt), _cast(rng.uniform(0.2, 1.8, 6), dt)
+
+    def factor(rng, dt, field_):
+        return _floats(rng, dt), _cast(getattr(_params(rng, 6, (16, 16), AUG_TF2), field_), dt)
+
+    def blur(rng, dt, size=16, k=5):
+        sig = np.array([0.1, 0.5, 1.0, 1.5, 2.0, 0.8])
+        return _floats(rng, dt, h=size, w=size), _cast(sig, dt), np.array([1, 1, 1, 1, 1, 0], bool), k
+
+    def full(rng, dt, cfg=AUG_TF2, hw=(20, 24), n=6):
+        return _images_u8(rng, n, *hw), _params(rng, n, hw, cfg), cfg
+
+    cases = [
+        Case("augment.tf2.resized_crop", "resized_crop", crop, "TF bicubic crop+resize, 20x24 -> 16",
+             kwargs=tf2),
+        Case("augment.tf2.resized_crop.upsample", "resized_crop", lambda r, dt: crop(r, dt, 32),
+             "boxes up to 20x24 -> 32 (taps beyond the box dropped, renormalised)", kwargs=tf2),
+        Case("augment.tf2.resized_crop.edge_boxes", "resized_crop", edge_boxes,
+             "1-pixel, 1-wide, full and corner boxes", kwargs=tf2),
+        Case("augment.tf2.adjust_contrast", "adjust_contrast", lambda r, dt: factor(r, dt, "contrast"),
+             "per-channel mean", kwargs=tf2),
+        Case("augment.tf2.adjust_saturation", "adjust_saturation", lambda r, dt: factor(r, dt, "saturation"),
+             "HSV S * t clipped", kwargs=tf2),
+        Case("augment.tf2.adjust_saturation.overshoot", "adjust_saturation", overshoot,
+             "inputs in [-0.1, 1.1] (unclamped bicubic output)", kwargs=tf2),
+        Case("augment.tf2.adjust_contrast.overshoot", "adjust_contrast", overshoot,
+             "inputs in [-0.1, 1.1] (unclamped bicubic output)", kwargs=tf2),
+        Case("augment.tf2.color_jitter", "color_jitter", lambda r, dt: (_floats(r, dt), _params(r, 6, (16, 16))),
+             "four tf2 ops in per-view random order", kwargs=tf2),
+        Case("augment.tf2.grayscale", "grayscale",
+             lambda r, dt: (_floats(r, dt), np.array([1, 0, 1, 0, 1, 1], bool)), "0.2989/0.5870/0.1140",
+             kwargs=tf2),
+        Case("augment.tf2.gaussian_blur.k5", "gaussian_blur", blur, "zero ('SAME') padding", kwargs=tf2),
+        Case("augment.tf2.gaussian_blur.k23", "gaussian_blur", lambda r, dt: blur(r, dt, size=64, k=23),
+             "the ImageNet kernel side, zero padding", kwargs=tf2),
+        Case("augment.tf2.full.16px", "augment", full, "the whole tf2 pipeline, blur on"),
+        Case("augment.tf2.full.64px_from_96", "augment", lambda r, dt: full(
+            r, dt, replace(AUG_TF2, image_size=64), (96, 80), 4), "ImageNet-like tf2 pipeline, k=7"),
+    ]
+    red = {"reduction": "tf2"}
+    for tag, n, d, tau in (("n8_d16_tau0.5", 8, 16, 0.5), ("n32_d128_tau0.1", 32, 128, 0.1)):
+        def make(rng, dt, n=n, d=d, tau=tau):
+            return _cast(rng.normal(size=(2 * n, d)), dt), tau
+        cases += [Case(f"nt_xent.tf2.value.{tag}", "nt_xent", make, "2x eq. 1 (objective.py)", kwargs=red),
+                  Case(f"nt_xent.tf2.grad.{tag}", "nt_xent_grad", make, kwargs=red)]
+
+        def make_chunked(rng, dt, n=n, d=d, tau=tau):
+            return _cast(rng.normal(size=(2 * n, d)), dt), tau, 5
+        cases += [Case(f"nt_xent_chunked.tf2.value.{tag}", "nt_xent_chunked", make_chunked, kwargs=red),
+                  Case(f"nt_xent_chunked.tf2.grad.{tag}", "nt_xent_chunked_grad", make_chunked, kwargs=red)]
+
+    def step_tf2(rng, dt):
+        cfg = replace(TINY, augment=replace(TINY.augment, recipe="tf2", crop_tries=100),
+                      loss=replace(TINY.loss, reduction="tf2"),
+                      model=replace(TINY.model, zero_init_residual=True, init="tf"))
+        images = _images_u8(rng, 4, 20, 20)
+        w = _cast_weights(init_weights(cfg.model, seed=3), dt)
+        momenta = {s.name: np.zeros(s.shape, dt) for s in model_specs(cfg.model) if s.trainable}
+        views = [(_params(rng, 4, (20, 20), cfg.augment), _params(rng, 4, (20, 20), cfg.augment))]
+        return w, momenta, images, views, [0.1], cfg
+
+    cases.append(Case("train_step.1.tf2", k_train_steps, step_tf2,
+                      "tf2 recipe + reduction, zero-init residual, TF init: one full step"))
+    return cases
+
+
+# --------------------------------------------------------------------------- data workers
+def photo_like(rng, h: int, w: int) -> np.ndarray:
+    """uint8 (h, w, 3): smooth colour gradients, a few hard-edged discs and mild noise (a JPEG
+    of it has the edges and flat areas of a photograph; pure noise would not)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack([128 + 100 * np.sin(x / (w / 3) + c) * np.cos(y / (h / 2) - c) for c in (0.0, 1.0, 2.0)], -1)
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.25) * min(h, w)
+        img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _worker_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
+    """The data workers' decode + crop + resize (simclr_xb.data.decode.crop_views) -> [0, 1]."""
+    from simclr_xb.data.decode import crop_views
+    out = np.empty((len(boxes), size, size, 3), np.uint8)
+    crop_views(data, boxes, size, out, "case", resample=resample, draft=draft)
+    return out / 255.0
+
+
+def _oracle_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
+    """The oracle's crop-and-resize of the fully decoded image (no draft mode)."""
+    import io
+
+    from PIL import Image
+
+    from simclr_xb import reference
+    with Image.open(io.BytesIO(data)) as im:
+        img = np.asarray(im.convert("RGB"))
+    return reference.crop_resize_antialias(img, boxes, size, resample)
+
+
+def _decode_args(rng, dt, draft: bool):
+    h, w = 600, 800
+    data = _jpeg_bytes(photo_like(rng, h, w))
+    if draft:  # boxes >= 4 x the view side: libjpeg decodes at 1/4 or 1/8 scale
+        boxes = np.array([[0, 0, 600, 800], [50, 100, 400, 300], [10, 20, 300, 520], [200, 300, 256, 260]])
+        return data, boxes, 64, True
+    crop = sample_view_params(rng, AugmentConfig(image_size=96), 6, (h, w)).crop
+    return data, np.concatenate([crop, [[0, 0, 600, 800], [5, 7, 90, 100]]]), 96, False
+
+
+def _data_cases() -> list[Case]:
+    impls = {"core": _worker_views, "reference": _oracle_views}
+    return [Case("data.decode_crop_resize", None, lambda r, dt: _decode_args(r, dt, False),
+                 "workers' JPEG decode + crop + antialiased resize vs the oracle on the decoded image",
+                 kind="core", impls=impls, dtypes=("float64",)),
+            Case("data.decode_crop_resize.draft", None, lambda r, dt: _decode_args(r, dt, True),
+                 "the same with JPEG draft mode (DCT-scaled decode) for boxes >= 4x the view",
+                 kind="core", impls=impls, dtypes=("float64",)),
+            Case("data.decode_crop_resize.bicubic", None,
+                 lambda r, dt: _decode_args(r, dt, False) + ("bicubic",),
+                 "the antialiased bicubic resize the workers use for augment.recipe = tf2",
+                 kind="core", impls=impls, dtypes=("float64",))]
+
+
 def all_cases() -> list[Case]:
     return (_aug_cases() + _layer_cases() + _ntxent_cases() + _lars_cases() + [SCHEDULE_CASE]
-            + _step_cases() + [CROSSLOAD_CASE])
+            + _step_cases() + [CROSSLOAD_CASE] + _recipe_cases()
+            + _data_cases())

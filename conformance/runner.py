@@ -5,10 +5,19 @@ For every case and dtype, each implementation receives the same positional argum
 oracle receives them converted to float64) and the runner compares every pair: each backend
 against the oracle, and the backends against each other. A backend that is not installed
 gives SKIP rows, never PASS.
+
+Implementations and devices: "torch" (on its api's DEVICE, "cpu" by default), and MLX as two
+implementations, "mlx-cpu" and "mlx-gpu" (``--backends mlx`` means both): each calls the MLX
+api with ``device=``, so a row says which device produced it (``Result.devices``), and the
+pair "mlx-gpu~mlx-cpu" compares Metal with the CPU where a GPU exists. mlx-gpu has no float64
+(SKIP rows say so) and, without a GPU, SKIP rows with the reason. Every run sets
+``MLX_ENABLE_TF32=0`` (full float32 matmuls and convolutions; MLX's default lets M5-class
+GPUs run them at reduced precision, docs/src/usage/precision.rst) and records the value.
 """
 from __future__ import annotations
 
 import fnmatch
+import os
 import tempfile
 import time
 import traceback
@@ -22,11 +31,67 @@ from simclr_xb import reference
 from simclr_xb.augment import ViewParams
 from simclr_xb.backend import BACKENDS, BackendUnavailable, get_backend
 
+from . import tf2_ref
 from .cases import Case, all_cases
 from .compare import compare
 from .tolerances import EXACT, tolerance_for
 
 ORACLE = "oracle"
+
+# implementation name -> (backend, device passed to its api); "mlx" expands to both
+DEVICE_IMPLS = {"mlx-cpu": ("mlx", "cpu"), "mlx-gpu": ("mlx", "gpu")}
+TF32_ENV = "MLX_ENABLE_TF32"
+
+
+def full_float32() -> str:
+    """Set ``MLX_ENABLE_TF32=0`` for this process (conformance compares full float32) and
+    return the value now in force. MLX reads it at its first matmul-family op, so callers do
+    this before any MLX work (the CLI command and tests/conftest.py do it first thing)."""
+    os.environ[TF32_ENV] = "0"
+    return os.environ[TF32_ENV]
+
+
+def expand_backends(backends) -> list[str]:
+    """["torch", "mlx"] -> ["torch", "mlx-cpu", "mlx-gpu"]; names already device-qualified
+    are kept; order kept, duplicates dropped."""
+    out = []
+    for b in backends:
+        for n in (("mlx-cpu", "mlx-gpu") if b == "mlx" else (b,)):
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def _backend_of(name: str) -> tuple[str, str | None]:
+    return DEVICE_IMPLS.get(name, (name, None))
+
+
+def device_of(name: str) -> str:
+    """The device an implementation computes on: "cpu", "gpu" (MLX Metal) or torch's DEVICE."""
+    if name in (ORACLE, tf2_ref.NAME):
+        return "cpu"
+    backend, dev = _backend_of(name)
+    if dev is not None:
+        return dev
+    try:
+        return str(getattr(get_backend(backend), "DEVICE", "cpu"))
+    except BackendUnavailable:
+        return "cpu"
+
+
+def unsupported(name: str, dtype: str) -> str | None:
+    """Why implementation ``name`` cannot run ``dtype`` (None if it can)."""
+    if dtype == "float64" and device_of(name) == "gpu":
+        return "float64: MLX has no float64 on the GPU (Metal); float64 rows are mlx-cpu's"
+    return None
+
+
+def pair_device(a: str, b: str) -> str:
+    """The device a pair's tolerance is keyed by: the first member not on the CPU, else cpu."""
+    for n in (a, b):
+        if device_of(n) != "cpu":
+            return device_of(n)
+    return "cpu"
 
 
 @dataclass
@@ -42,6 +107,7 @@ class Result:
     tolerance_reason: str = ""
     detail: str = ""
     seconds: float = 0.0
+    devices: str = ""  # "mlx-gpu=gpu, mlx-cpu=cpu": the device of each member of the pair
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,21 +131,38 @@ Caller = Callable[..., object]
 
 def implementations(backends: list[str], with_oracle: bool = True,
                     override: dict[str, Caller] | None = None):
-    """-> ({name: call(fn_name, *args, dtype=...)}, {name: reason unavailable})."""
+    """-> ({name: call(fn_name, *args, dtype=...)}, {name: reason unavailable}).
+
+    ``backends`` may name "mlx" (both MLX devices) or "mlx-cpu" / "mlx-gpu" alone."""
     impls: dict[str, Caller] = {}
     skipped: dict[str, str] = {}
     if with_oracle:
-        impls[ORACLE] = lambda fn, *args, dtype: getattr(reference, fn)(*_to64(args))
-    for name in backends:
+        impls[ORACLE] = lambda fn, *args, dtype, **kw: getattr(reference, fn)(*_to64(args), **kw)
+    for name in expand_backends(backends):
         if override and name in override:
             impls[name] = override[name]
             continue
+        if name == tf2_ref.NAME:  # optional TensorFlow reference (extra [tf2]), see tf2_ref.py
+            try:
+                impls[name] = tf2_ref.caller()
+            except ImportError as e:
+                skipped[name] = str(e)
+            continue
+        backend, dev = _backend_of(name)
         try:
-            api = get_backend(name)
+            api = get_backend(backend)
         except BackendUnavailable as e:
             skipped[name] = str(e.__cause__ or e)
             continue
-        impls[name] = (lambda api: lambda fn, *args, dtype: getattr(api, fn)(*args, dtype=dtype))(api)
+        if dev == "gpu" and "gpu" not in api.devices():
+            skipped[name] = "MLX has no GPU on this machine (Metal needs Apple silicon)"
+            continue
+        if dev is None:
+            impls[name] = (lambda api: lambda fn, *args, dtype, **kw: getattr(api, fn)(
+                *args, dtype=dtype, **kw))(api)
+        else:
+            impls[name] = (lambda api, dev: lambda fn, *args, dtype, **kw: getattr(api, fn)(
+                *args, dtype=dtype, device=dev, **kw))(api, dev)
     return impls, skipped
 
 
@@ -87,13 +170,18 @@ def _pairs(names: list[str], oracle: bool) -> list[tuple[str, str]]:
     backends = [n for n in names if n != ORACLE]
     pairs = [(b, ORACLE) for b in backends] if oracle else []
     pairs += [(a, b) for i, a in enumerate(backends) for b in backends[i + 1:]]
-    return pairs
+    # the GPU is compared with the CPU (the reference member second): mlx-gpu~mlx-cpu
+    return [(b, a) if (a, b) == ("mlx-cpu", "mlx-gpu") else (a, b) for a, b in pairs]
 
 
-def _crossload(call_a_name, api_a, api_b, cfg) -> tuple[dict, dict]:
+def _devices(*names: str) -> str:
+    return ", ".join(f"{n}={device_of(n)}" for n in names)
+
+
+def _crossload(call_a_name, api_a, api_b, cfg, dev_a="cpu", dev_b="cpu") -> tuple[dict, dict]:
     """A's Trainer state -> HDF5 checkpoint -> B's Trainer -> B's state."""
     from simclr_xb.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-    ta = api_a.Trainer(cfg, 10, device="cpu") if api_a is not None else None
+    ta = api_a.Trainer(cfg, 10, device=dev_a) if api_a is not None else None
     if ta is not None:
         state = ta.state_dict()
     else:  # the oracle side: canonical init weights in float32, zero momenta
@@ -107,7 +195,7 @@ def _crossload(call_a_name, api_a, api_b, cfg) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory() as d:
         path = save_checkpoint(Path(d) / "x.h5", Checkpoint(cfg, weights, mom, backend=call_a_name))
         ck = load_checkpoint(path)
-    tb = api_b.Trainer(cfg, 10, device="cpu")
+    tb = api_b.Trainer(cfg, 10, device=dev_b)
     tb.load_state_dict(ck.state_dict())
     return state, tb.state_dict()
 
@@ -116,7 +204,12 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
              apis: dict | None = None) -> list[Result]:
     skipped = skipped or {}
     results: list[Result] = []
-    names = list(impls)
+    # an implementation may cover only some cases (the tf2 reference: ``supports``)
+    impls = {n: c for n, c in impls.items() if getattr(c, "supports", None) is None or c.supports(case, dtype)}
+    # implementations that cannot run this dtype (mlx-gpu in float64) give SKIP rows
+    cannot = {n: why for n in impls if (why := unsupported(n, dtype))}
+    names = [n for n in impls if n not in cannot]
+    skipped = {**skipped, **cannot}
     if case.kind == "core":
         t0 = time.perf_counter()
         args = case.make(np.random.default_rng(case.seed), dtype)
@@ -124,7 +217,8 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
         tol = tolerance_for(case.name, dtype)
         c = compare(a, b, tol)
         return [Result(case.name, "core~oracle", dtype, "PASS" if c.passed else "FAIL", c.max_abs,
-                       c.max_rel, tol.atol, tol.rtol, tol.reason, c.detail, time.perf_counter() - t0)]
+                       c.max_rel, tol.atol, tol.rtol, tol.reason, c.detail, time.perf_counter() - t0,
+                       "core=cpu (numpy), oracle=cpu")]
     if case.kind == "crossload":
         backends = [n for n in names if n != ORACLE]
         apis = apis or {}
@@ -133,26 +227,27 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
             t0 = time.perf_counter()
             try:
                 args = case.make(np.random.default_rng(case.seed), dtype)
-                src, dst = _crossload(a, apis.get(a) if a != ORACLE else None, apis[b], *args)
+                src, dst = _crossload(a, _api(a, apis) if a != ORACLE else None, _api(b, apis), *args,
+                                      dev_a=device_of(a), dev_b=device_of(b))
                 c = compare(dst, src, EXACT)
                 results.append(Result(case.name, f"{a}->{b}", dtype, "PASS" if c.passed else "FAIL",
                                       c.max_abs, c.max_rel, 0.0, 0.0, EXACT.reason, c.detail,
-                                      time.perf_counter() - t0))
+                                      time.perf_counter() - t0, _devices(a, b)))
             except Exception as e:  # noqa: BLE001 - reported as ERROR with its message
                 results.append(Result(case.name, f"{a}->{b}", dtype, "ERROR",
-                                      detail=f"{type(e).__name__}: {e}"))
+                                      detail=f"{type(e).__name__}: {e}", devices=_devices(a, b)))
         for s, why in skipped.items():
-            results.append(Result(case.name, f"{s}<->*", dtype, "SKIP", detail=f"{s} not installed: {why}"))
+            results.append(Result(case.name, f"{s}<->*", dtype, "SKIP", detail=f"{s} unavailable: {why}"))
         return results
 
     outputs, errors, times = {}, {}, {}
     for name, call in impls.items():
-        if name == ORACLE and not case.oracle:
+        if (name == ORACLE and not case.oracle) or name in cannot:
             continue
         t0 = time.perf_counter()
         try:
             args = case.make(np.random.default_rng(case.seed), dtype)
-            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype))(call)
+            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype, **case.kwargs))(call)
             outputs[name] = bound(case.fn, *args) if isinstance(case.fn, str) else case.fn(bound, *args)
         except Exception as e:  # noqa: BLE001
             errors[name] = f"{type(e).__name__}: {e}"
@@ -160,20 +255,28 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
             if tb:
                 errors[name] += f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})"
         times[name] = time.perf_counter() - t0
-    tol = tolerance_for(case.name, dtype)
     for a, b in _pairs(names, case.oracle):
         pair = f"{a}~{b}"
         if a in errors or b in errors:
             who = a if a in errors else b
-            results.append(Result(case.name, pair, dtype, "ERROR", detail=f"{who}: {errors[who]}"))
+            results.append(Result(case.name, pair, dtype, "ERROR", detail=f"{who}: {errors[who]}",
+                                  devices=_devices(a, b)))
             continue
+        tol = tolerance_for(case.name, dtype, pair_device(a, b))
         c = compare(outputs[a], outputs[b], tol)
         results.append(Result(case.name, pair, dtype, "PASS" if c.passed else "FAIL", c.max_abs,
                               c.max_rel, tol.atol, tol.rtol, tol.reason, c.detail,
-                              times.get(a, 0) + times.get(b, 0)))
+                              times.get(a, 0) + times.get(b, 0), _devices(a, b)))
     for s, why in skipped.items():
-        results.append(Result(case.name, f"{s}~*", dtype, "SKIP", detail=f"{s} not installed: {why}"))
+        results.append(Result(case.name, f"{s}~*", dtype, "SKIP", detail=f"{s} unavailable: {why}"))
     return results
+
+
+def _api(name: str, apis: dict | None):
+    """The api module of implementation ``name`` (from ``apis`` when given there)."""
+    if apis and name in apis:
+        return apis[name]
+    return get_backend(_backend_of(name)[0])
 
 
 def select(cases: list[Case], pattern: str | None) -> list[Case]:
@@ -188,13 +291,14 @@ def run(backends: list[str] | None = None, pattern: str | None = None,
         dtypes: tuple[str, ...] = ("float32", "float64"), on_result=None,
         override: dict[str, Caller] | None = None) -> list[Result]:
     """Run the selected cases; ``on_result(result)`` is called as each row completes."""
+    full_float32()
     backends = list(backends or BACKENDS)
     impls, skipped = implementations(backends, override=override)
     apis = {}
     for n in impls:
-        if n != ORACLE:
+        if _backend_of(n)[0] in BACKENDS:
             try:
-                apis[n] = get_backend(n)
+                apis[n] = get_backend(_backend_of(n)[0])
             except BackendUnavailable:
                 pass
     results = []

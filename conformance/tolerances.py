@@ -56,10 +56,68 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "BN backward with the unbiased variance 1.5e-1, running_var biased 3.6e-2. Before "
         "(lr 0.1 .. 0.02, atol 8e-2): 4.6e-4 torch, 5.9e-2 mlx, oracle spread 2.2e-2. "
         "docs/float32.md. The same case in float64 passes at 1e-10."))},
+    # The data workers' decode + crop + resize (uint8 views / 255) against the float64 oracle
+    # reference.crop_resize_antialias on the fully decoded image (Pillow 13.0, libjpeg-turbo
+    # 6.2, 2026-12-01; measured over case seeds 0-5).
+    "data.decode_crop_resize": {"float64": Tolerance(1.0 / 255 + 1e-9, 0.0, (
+        "Pillow's 8-bit resampler rounds to uint8 after the horizontal pass and at the end, and "
+        "quantises its coefficients: measured max 1.00 level (mean 0.27 levels) over seeds 0-5; "
+        "atol is one uint8 level"))},
+    "data.decode_crop_resize.bicubic": {"float64": Tolerance(1.5 / 255, 0.0, (
+        "as data.decode_crop_resize, and Pillow clips the cubic's overshoot to [0, 255] after the "
+        "horizontal pass where the oracle clips once at the end: measured max 1.01 levels at seed "
+        "0 (1.01-1.07 over seeds 0-5, mean 0.27); atol 1.5 levels"))},
+    "data.decode_crop_resize.draft": {"float64": Tolerance(10.0 / 255, 0.0, (
+        "JPEG draft mode decodes at 1/2 scale with the DCT (not the triangle filter), which "
+        "differs at hard edges: measured max 5.6 levels at seed 0 (3.4-8.9 over seeds 0-5, mean "
+        "0.30-0.35 levels); atol 10 levels. tests/test_stream.py also bounds the mean error"))},
 }
 
 
-def tolerance_for(case: str, dtype: str) -> Tolerance:
+# The tf2 recipe cases (augment.tf2.*, nt_xent*.tf2.*, train_step.1.tf2) need no override:
+# measured max abs in float32 (torch 2.13 CPU, mlx CPU, tensorflow-cpu 2.21, 2026-12-01):
+# bicubic crop-resize 1.3e-7 torch, 1.7e-7 mlx, 1.9e-7 TensorFlow vs the oracle (TF's 1024-step
+# weight table is reproduced, so the default 1e-5 holds; exact Keys weights would be off by
+# ~1e-3); per-channel contrast 1.0e-7 / 1.9e-7 / 6.2e-8; HSV saturation 3.1e-7 / 5.4e-7 /
+# 4.3e-7; grayscale 8.6e-8 (TF); zero-padded blur k23 2.4e-7 / 2.2e-7 / 2.7e-7; the whole tf2
+# pipeline 1.1e-6 / 1.8e-6 / 6.1e-7; tf2 loss value 2e-7..1.2e-6 and LARS 1.2e-7 (TF). float64:
+# <= 6e-15 (train_step.1.tf2 5.3e-10 relative, inside 1e-10 + 1e-10 |b|).
+
+
+# (case name or prefix ending in '*', dtype, device) -> Tolerance: device-specific overrides,
+# looked up before OVERRIDES. "device" is the device of the pair's member that is not on the
+# CPU ("gpu" = MLX on Metal), so mlx-gpu~oracle, mlx-gpu~mlx-cpu and torch~mlx-gpu use them.
+# Every GPU entry below is NOT YET MEASURED: no Mac has run the suite. They are the CPU values
+# widened 10x for the kernels Metal swaps in at these shapes (a Winograd 3x3 stride-1 conv);
+# a `simclr-xb selfcheck` report from a Mac replaces each with its measured error.
+NOT_MEASURED = "not yet measured"
+DEVICE_OVERRIDES: dict[tuple[str, str, str], Tolerance] = {
+    ("conv2d.winograd*", "float32", "gpu"): Tolerance(1e-4, 1e-4, (
+        f"{NOT_MEASURED} on a Metal GPU: Metal may run large 3x3 stride-1 convolutions "
+        "(C = O = 128 here) through a Winograd kernel whose float32 error exceeds direct "
+        "convolution's; 10x the float32 default until a Mac report measures it")),
+    ("block.basic.winograd*", "float32", "gpu"): Tolerance(1e-4, 1e-4, (
+        f"{NOT_MEASURED} on a Metal GPU: two Winograd-sized 3x3 convolutions with BN between; "
+        "10x the float32 default until a Mac report measures it")),
+    ("encoder.*", "float32", "gpu"): Tolerance(1e-3, 1e-5, (
+        f"{NOT_MEASURED} on a Metal GPU: the CPU's encoder tolerance (resnet50 train-mode BN "
+        "amplifies float32 rounding), kept until a Mac report measures it")),
+}
+
+
+def _device_override(case: str, dtype: str, device: str) -> Tolerance | None:
+    if (case, dtype, device) in DEVICE_OVERRIDES:
+        return DEVICE_OVERRIDES[(case, dtype, device)]
+    for (key, dt, dev), tol in DEVICE_OVERRIDES.items():
+        if key.endswith("*") and case.startswith(key[:-1]) and (dt, dev) == (dtype, device):
+            return tol
+    return None
+
+
+def tolerance_for(case: str, dtype: str, device: str = "cpu") -> Tolerance:
+    """The tolerance of ``case`` in ``dtype`` for a pair computed (in part) on ``device``."""
+    if (tol := _device_override(case, dtype, device)) is not None:
+        return tol
     if case in OVERRIDES and dtype in OVERRIDES[case]:
         return OVERRIDES[case][dtype]
     for key, per_dtype in OVERRIDES.items():

@@ -154,11 +154,17 @@ def atomic_write(path: str | Path, write, *, error: type[Exception] | None = Non
     """Create ``path`` all or nothing: ``write(tmp)`` fills a temp file in the same folder,
     which is fsynced and renamed over ``path`` (then the folder is fsynced). On any failure
     (also KeyboardInterrupt or an error of ``write`` itself) the temp file is removed and an
-    existing ``path`` is untouched; an OSError (disk full, permissions) becomes ``error``
+    existing ``path`` is untouched; a ``path`` that exists but is not a regular file (FIFO,
+    device node, socket, folder) is refused before anything is written; an OSError (disk full, permissions) becomes ``error``
     (default :class:`CheckpointError`): "could not write {label}{path}: {reason}{note}".
     The one implementation behind checkpoints, feature files and exports."""
     error = error or CheckpointError
     path = Path(path)
+    from .outputs import not_regular
+    what = not_regular(path)
+    if what is not None:  # a FIFO, device node, socket or folder is never replaced by a file
+        raise error(f"could not write {label}{path}: it is {what}, not a regular file; refusing to "
+                    f"replace it (choose another path)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -184,10 +190,39 @@ def atomic_write(path: str | Path, write, *, error: type[Exception] | None = Non
     return path
 
 
-def _read_group(f: h5py.File, g: str) -> dict[str, np.ndarray]:
+def _read_group(f: h5py.File, g: str, path: Path | None = None) -> dict[str, np.ndarray]:
     if g not in f:
         return {}
-    return {name: np.asarray(ds[()]) for name, ds in f[g].items()}
+    from .inputs import InputTooLarge, check_allocation
+    out = {}
+    for name, ds in f[g].items():
+        if not isinstance(ds, h5py.Dataset):
+            raise CheckpointError(f"checkpoint {path}: /{g}/{name} is a group, expected a tensor")
+        try:
+            check_allocation(int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize,
+                             f"checkpoint {path} tensor /{g}/{name} {ds.dtype} {ds.shape}")
+        except InputTooLarge as e:
+            raise CheckpointError(str(e)) from None
+        out[name] = np.asarray(ds[()])
+    return out
+
+
+def check_tensors(groups: dict[str, dict[str, np.ndarray]], path) -> None:
+    """Refuse (CheckpointError naming the tensor) weights or momenta that are not floating
+    point (BatchNorm's ``num_batches_tracked`` counter: an integer) or hold NaN/Inf: such a
+    checkpoint is never trained on, evaluated or exported."""
+    for g in ("weights", "momentum"):
+        for name, a in groups.get(g, {}).items():
+            counter = name.endswith("num_batches_tracked")
+            kind = a.dtype.kind
+            if (counter and kind not in "iu") or (not counter and kind != "f"):
+                want = "an integer counter" if counter else "floating point"
+                raise CheckpointError(f"checkpoint {path} tensor {g}/{name} is {a.dtype}, expected "
+                                      f"{want}")
+            if kind == "f" and not np.isfinite(a).all():
+                bad = int(a.size - np.isfinite(a).sum())
+                raise CheckpointError(f"checkpoint {path} tensor {g}/{name} holds {bad} NaN/Inf "
+                                      f"value(s) of {a.size}: refusing to use these weights")
 
 
 def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
@@ -205,7 +240,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
             if version > FORMAT_VERSION:
                 raise CheckpointError(f"checkpoint {path} has format version {version}; this simclr-xb "
                                       f"reads versions up to {FORMAT_VERSION}: upgrade simclr-xb")
-            groups = {g: _read_group(f, g) for g in _GROUPS}
+            groups = {g: _read_group(f, g, path) for g in _GROUPS}
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - h5py raises RuntimeError/TypeError/... on damaged metadata
@@ -216,6 +251,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         if stored is None or _digest(groups, plain) != stored:
             raise CheckpointError(f"checkpoint {path} fails its checksum: the file is corrupt or was "
                                   f"modified")
+    check_tensors(groups, path)
     try:
         cfg = Config.from_json(attrs["config"])
     except Exception as e:  # noqa: BLE001 - any parse problem is a corrupt checkpoint
@@ -267,6 +303,15 @@ def latest_good(path: str | Path, warn=None) -> Checkpoint:
     """Load ``path`` (a file or a run folder); if it fails to verify, fall back to the newest
     older ``ckpt-*.h5`` that does, calling ``warn(message)`` for each one skipped."""
     path = Path(path)
+    if not path.exists():  # a named file that is not there: never another checkpoint instead
+        parent = path.parent
+        have = sorted(p.name for p in ([parent / "last.h5"] if (parent / "last.h5").exists() else [])
+                      + rolling_checkpoints(parent)[:3]) if parent.is_dir() else []
+        raise CheckpointError(f"no checkpoint found at {path}: it does not exist"
+                              + (f" (its folder {parent} holds {', '.join(have)}: name one of them, "
+                                 f"or pass the folder for the newest)" if have else
+                                 "; expected a checkpoint file, or a run folder holding last.h5 or "
+                                 "ckpt-<step>.h5"))
     run_dir = path if path.is_dir() else path.parent
     candidates = [run_dir / "last.h5"] if path.is_dir() else [path]
     candidates += [p for p in rolling_checkpoints(run_dir) if p not in candidates]

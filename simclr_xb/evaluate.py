@@ -196,19 +196,28 @@ def evaluate(cfg, weights: dict | None, data_spec: str | None = None, backend: s
     import time
 
     from .backend import get_backend
-    from .data import load_dataset
+    from .data import open_dataset
+    from .data.stream import encode_split
+    from .train import stream_resample
 
     t0 = time.perf_counter()
     if cfg.train.precision == "bfloat16":  # bf16 is a training mode; features are float32
         cfg = cfg.with_value("train.precision", "float32")
     spec = data_spec or cfg.data.name
-    train_ds = load_dataset(spec, "train", root=root or cfg.data.root)
-    test_ds = load_dataset(spec, "test", root=root or cfg.data.root)
-    if limit_train:
+    train_ds = open_dataset(spec, "train", root=root or cfg.data.root, skip_bad_images=cfg.data.skip_bad_images)
+    test_ds = open_dataset(spec, "test", root=root or cfg.data.root, skip_bad_images=cfg.data.skip_bad_images)
+    stream = getattr(train_ds, "is_stream", False)
+    if limit_train and stream:
+        train_ds = train_ds.subset(np.arange(min(limit_train, len(train_ds))))
+    elif limit_train:
         train_ds.images, train_ds.labels = train_ds.images[:limit_train], train_ds.labels[:limit_train]
     num_classes = len(train_ds.classes)
     out: dict = {"data": spec, "n_train": int(len(train_ds.labels)), "n_test": int(len(test_ds.labels)),
                  "num_classes": num_classes}
+    if raw_pixels and stream:
+        raise ValueError(f"raw-pixel features need images of one size; {spec} streams images of "
+                         f"mixed sizes (pack it to HDF5 at one size first: simclr-xb data pack)")
+    tr_y, te_y = train_ds.labels, test_ds.labels
     if raw_pixels:
         tr, te = raw_pixel_features(train_ds.images), raw_pixel_features(test_ds.images)
         out["features"] = "raw pixels"
@@ -219,13 +228,14 @@ def evaluate(cfg, weights: dict | None, data_spec: str | None = None, backend: s
             trainer.load_state_dict(encoder_weights(weights, cfg.model))
         log(f"encoding {out['n_train']} + {out['n_test']} images with the {backend} backend on "
             f"{trainer.device} ...")
-        tr = trainer.encode(train_ds.images, batch_size=batch_size)
-        te = trainer.encode(test_ds.images, batch_size=batch_size)
+        enc = dict(batch_size=batch_size, size=cfg.augment.image_size, num_workers=cfg.data.num_workers,
+                   resample=stream_resample(cfg), skip_bad_images=cfg.data.skip_bad_images)
+        tr, tr_y = encode_split(trainer, train_ds, **enc)
+        te, te_y = encode_split(trainer, test_ds, **enc)
         out.update(features="random-init encoder h" if weights is None else "encoder h",
                    backend=backend, feature_dim=int(tr.shape[1]))
-    out["linear"] = linear_probe(tr, train_ds.labels, te, test_ds.labels, num_classes,
-                                 seed=cfg.train.seed).to_dict()
-    out["knn"] = knn_classify(tr, train_ds.labels, te, test_ds.labels, k=knn_k,
+    out["linear"] = linear_probe(tr, tr_y, te, te_y, num_classes, seed=cfg.train.seed).to_dict()
+    out["knn"] = knn_classify(tr, tr_y, te, te_y, k=knn_k,
                               temperature=knn_t, num_classes=num_classes)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     return out

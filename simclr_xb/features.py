@@ -36,8 +36,10 @@ def extract_features(ckpt, out: str | Path, data_spec: str | None = None, split:
     from importlib import import_module
 
     from .backend import get_backend
-    from .data import load_dataset
+    from .data import open_dataset
+    from .data.stream import encode_split
     from .evaluate import encoder_weights, pick_backend
+    from .train import stream_resample
 
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split {split!r} is invalid: expected one of {sorted(SPLIT_CHOICES)}")
@@ -52,11 +54,12 @@ def extract_features(ckpt, out: str | Path, data_spec: str | None = None, split:
     t0 = time.perf_counter()
     groups, classes = {}, None
     for s in SPLIT_CHOICES[split]:
-        ds = load_dataset(spec, s, root=root or cfg.data.root)
+        ds = open_dataset(spec, s, root=root or cfg.data.root, skip_bad_images=cfg.data.skip_bad_images)
         classes = ds.classes
         log(f"encoding {len(ds.labels)} {s} images of {spec} with the {backend} backend on {trainer.device} ...")
-        h = trainer.encode(ds.images, batch_size=batch_size)
-        g = {"h": h.astype(np.float32), "labels": ds.labels.astype(np.int64)}
+        h, labels = encode_split(trainer, ds, batch_size, cfg.augment.image_size, cfg.data.num_workers,
+                                 stream_resample(cfg), cfg.data.skip_bad_images)
+        g = {"h": h.astype(np.float32), "labels": labels.astype(np.int64)}
         if with_z:
             g["z"] = project(trainer, h)
         groups[s] = g

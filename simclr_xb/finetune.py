@@ -179,13 +179,22 @@ def load_subset(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False).astype(np.int64)
+            a = np.load(path, allow_pickle=False, mmap_mode="r")
+            if a.ndim != 1 or a.dtype.kind not in "iu":
+                raise ValueError(f"holds {a.dtype} {a.shape}, expected integer indices (N,)")
+            return np.asarray(a, dtype=np.int64)
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read a label subset from {path}: {e}") from None
     if not isinstance(data, dict) or "subset_indices" not in data:
         raise ValueError(f"{path} has no 'subset_indices' (expected a simclr-xb finetune result)")
-    return np.asarray(data["subset_indices"], dtype=np.int64)
+    idx = data["subset_indices"]
+    if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) and
+                                            0 <= i < 2 ** 63 for i in idx):
+        bad = next((i for i in idx if not (isinstance(i, int) and not isinstance(i, bool) and
+                                           0 <= i < 2 ** 63)), idx) if isinstance(idx, list) else idx
+        raise ValueError(f"{path}: subset_indices must be a list of integers >= 0, found {bad!r}")
+    return np.asarray(idx, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- model pieces
@@ -245,7 +254,7 @@ def initial_weights(model_cfg: ModelConfig, num_classes: int, encoder: dict | No
 
 
 def train_classifier(trainer, images: np.ndarray, labels: np.ndarray, aug: AugmentConfig,
-                     ft: FinetuneConfig, log=print, label: str = "") -> dict:
+                     ft: FinetuneConfig, log=print, label: str = "", num_workers: int = 1) -> dict:
     """Fine-tune ``trainer`` (a backend :class:`FinetuneTrainer`) on uint8 ``images`` / ``labels``.
 
     Step s (epoch e): batch from a seeded BatchLoader (drop_last), views from
@@ -260,23 +269,38 @@ def train_classifier(trainer, images: np.ndarray, labels: np.ndarray, aug: Augme
     if n < 2:
         raise FinetuneError(f"fine-tuning needs at least 2 labelled images, got {n}")
     batch = min(ft.batch_size, n)
-    loader = BatchLoader(images, labels, batch_size=batch, seed=ft.seed, drop_last=True,
-                         shuffle=True, num_workers=0)
+    view_cfg = finetune_augment(aug)
+    stream = getattr(images, "is_stream", False)  # a StreamDataset: views cut by the workers
+    if stream:
+        from .data import StreamLoader
+        from .data.stream import whole_view_params
+
+        def make_params(epoch, s, idx, hw_):
+            return [sample_view_params(finetune_rng(ft.seed, epoch, epoch * loader.steps_per_epoch + s),
+                                       view_cfg, len(idx), hw_)]
+        loader = StreamLoader(images, batch, make_params, aug.image_size, seed=ft.seed, drop_last=True,
+                              shuffle=True, num_workers=num_workers, views_per_image=1)
+    else:
+        loader = BatchLoader(images, labels, batch_size=batch, seed=ft.seed, drop_last=True,
+                             shuffle=True, num_workers=0)
     spe = loader.steps_per_epoch
     total = ft.epochs * spe
     warmup = int(round(ft.warmup_epochs * spe))
     peak = scale_lr(ft.base_lr, batch, ft.lr_scaling)
-    view_cfg = finetune_augment(aug)
-    hw = tuple(images.shape[1:3])
+    hw = None if stream else tuple(images.shape[1:3])
     history = []
     t0 = time.perf_counter()
     step = 0
     for epoch in range(ft.epochs):
         losses, accs = [], []
         for b in loader.epoch(epoch):
-            params = sample_view_params(finetune_rng(ft.seed, epoch, step), view_cfg, len(b.labels), hw)
+            if stream:
+                x, params = b.views, whole_view_params(b.params[0], aug.image_size)
+            else:
+                x = b.images
+                params = sample_view_params(finetune_rng(ft.seed, epoch, step), view_cfg, len(b.labels), hw)
             lr = warmup_cosine(step, total, warmup, peak)
-            m = trainer.train_step(b.images, b.labels, params, lr)
+            m = trainer.train_step(x, b.labels, params, lr)
             if not math.isfinite(m["loss"]):
                 raise FinetuneError(f"{label or 'fine-tuning'}: non-finite loss {m['loss']} at step "
                                     f"{step} (epoch {epoch}, lr {lr:.4g}); lower --lr")
@@ -287,6 +311,8 @@ def train_classifier(trainer, images: np.ndarray, labels: np.ndarray, aug: Augme
         if log and (epoch + 1 == ft.epochs or (epoch + 1) % max(1, ft.epochs // 5) == 0):
             log(f"  {label} epoch {epoch + 1}/{ft.epochs}: loss {history[-1]['loss']:.4f}, "
                 f"train-view acc {history[-1]['acc']:.1f}% ({time.perf_counter() - t0:.0f} s)")
+    if stream:
+        loader.close()
     return {"history": history, "steps": total, "steps_per_epoch": spe, "batch_size": batch,
             "peak_lr": peak, "train_s": round(time.perf_counter() - t0, 2)}
 
@@ -313,7 +339,8 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
     run's entry also holds its fine-tuned canonical weights under ``"weights"`` (not JSON).
     """
     from .backend import get_backend
-    from .data import load_dataset
+    from .data import open_dataset
+    from .data.stream import predict_split
     from .evaluate import pick_backend
 
     ft.validate()
@@ -325,8 +352,9 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
         raise ValueError("the 'simclr' run needs pre-trained weights")
     t_start = time.perf_counter()
     spec = data_spec or cfg.data.name
-    train_ds = load_dataset(spec, "train", root=root or cfg.data.root)
-    test_ds = load_dataset(spec, "test", root=root or cfg.data.root)
+    train_ds = open_dataset(spec, "train", root=root or cfg.data.root)
+    test_ds = open_dataset(spec, "test", root=root or cfg.data.root)
+    stream = getattr(train_ds, "is_stream", False)
     num_classes = len(train_ds.classes)
     if subset is None:
         idx = select_subset(train_ds.labels, ft.label_fraction, ft.seed, num_classes)
@@ -334,7 +362,11 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
     else:
         idx = check_subset(subset, len(train_ds.labels))
         subset_source = "given"
-    images, labels = train_ds.images[idx], train_ds.labels[idx]
+    if stream:  # the labelled subset by index; its views are decoded per batch
+        images = train_ds.subset(idx)
+        labels = images.labels
+    else:
+        images, labels = train_ds.images[idx], train_ds.labels[idx]
     per_class = np.bincount(labels, minlength=num_classes)
     backend = pick_backend(backend, fallback_backend)
     api = get_backend(backend)
@@ -358,9 +390,16 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
                                 ft.seed, ft.zero_init_fc)
         trainer = ft_mod.FinetuneTrainer(cfg.model, cfg.augment, num_classes, start, ft, device=device)
         label = "SimCLR" if run == "simclr" else "random init"
-        res = train_classifier(trainer, images, labels, cfg.augment, ft, log=log, label=label)
-        test = score(trainer.predict(test_ds.images, ft.eval_batch_size), test_ds.labels)
-        train_acc = score(trainer.predict(images, ft.eval_batch_size), labels)["top1"]
+        res = train_classifier(trainer, images, labels, cfg.augment, ft, log=log, label=label,
+                               num_workers=cfg.data.num_workers)
+        if stream:
+            pred = (lambda ds: predict_split(trainer.predict, ds, ft.eval_batch_size, cfg.augment.image_size,
+                                             cfg.data.num_workers))
+            test = score(*pred(test_ds))
+            train_acc = score(*pred(images))["top1"]
+        else:
+            test = score(trainer.predict(test_ds.images, ft.eval_batch_size), test_ds.labels)
+            train_acc = score(trainer.predict(images, ft.eval_batch_size), labels)["top1"]
         res.update(test, train_top1=train_acc, device=trainer.device,
                    wall_s=round(time.perf_counter() - t0, 2))
         if keep_weights:

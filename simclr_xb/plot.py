@@ -1,7 +1,8 @@
 """Small PNG line charts drawn with Pillow (the project has no plotting dependency).
 
 ``line_chart`` draws one or more series on shared axes with ticks, labels and a legend;
-``training_plot`` stacks loss and probe accuracy from a run's metrics.jsonl into one image.
+``training_plot`` stacks loss, probe and kNN-monitor accuracy from a run's metrics.jsonl into one
+image.
 """
 from __future__ import annotations
 
@@ -89,15 +90,21 @@ def stack(images: list[Image.Image]) -> Image.Image:
 
 
 def training_plot(records: list[dict], path: str | Path) -> Path:
-    """Loss (and lr) and online-probe accuracy against step, from metrics records."""
+    """Loss (and lr), online-probe accuracy and the kNN monitor's top-1 against step, from
+    metrics records."""
     steps = [r["step"] for r in records]
     panels = [line_chart({"NT-Xent loss": (steps, [r.get("loss", float("nan")) for r in records])},
                          "pre-training loss", "step", "loss")]
+    acc = {}
     if any("probe_acc" in r for r in records):
-        panels.append(line_chart(
-            {"online probe top-1 (train views)": (steps, [100 * r.get("probe_acc", float("nan"))
-                                                         for r in records])},
-            "online linear probe", "step", "%"))
+        acc["online probe top-1 (train views)"] = (steps, [100 * r.get("probe_acc", float("nan"))
+                                                          for r in records])
+    knn = [r for r in records if "knn_top1" in r]  # the kNN monitor's checks (simclr_xb/monitor.py)
+    if knn:
+        acc["kNN top-1 (test split)"] = ([r["step"] for r in knn], [r["knn_top1"] for r in knn])
+    if acc:
+        panels.append(line_chart(acc, "online linear probe and kNN monitor" if knn else
+                                 "online linear probe", "step", "%"))
     panels.append(line_chart({"lr": (steps, [r.get("lr", float("nan")) for r in records])},
                              "learning rate", "step", "lr", size=(640, 160)))
     path = Path(path)

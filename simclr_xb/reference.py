@@ -19,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from .augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewParams
-from .config import AugmentConfig, Config, ModelConfig, OptimConfig
+from .config import AugmentConfig, Config, ModelConfig, OptimConfig, loss_scale
+from .recipe import GRAY_WEIGHTS as RECIPE_GRAY_WEIGHTS
+from .recipe import bicubic_taps, check_recipe
 from .resnet_spec import BlockSpec, encoder_layout, head_dims, model_specs
 
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
@@ -49,14 +51,18 @@ def _bilinear_taps(start: np.ndarray, length: np.ndarray, size: int):
     return (i0 + s).astype(np.int64), (i1 + s).astype(np.int64), frac
 
 
-def resized_crop(x: np.ndarray, crop: np.ndarray, size: int) -> np.ndarray:
+def resized_crop(x: np.ndarray, crop: np.ndarray, size: int, recipe: str = "torchvision") -> np.ndarray:
     """Crop each image to its box (top, left, height, width) and resize to size x size.
 
-    Bilinear with half-pixel centres (``align_corners=False``), source coordinates clamped
-    to the box, no antialiasing: out[y, x] interpolates the box at
-    ``((y + 0.5) * h / size - 0.5, (x + 0.5) * w / size - 0.5)``.
+    "torchvision": bilinear with half-pixel centres (``align_corners=False``), source
+    coordinates clamped to the box, no antialiasing: out[y, x] interpolates the box at
+    ``((y + 0.5) * h / size - 0.5, (x + 0.5) * w / size - 0.5)``; clamped to [0, 1].
+    "tf2": tf.image.resize BICUBIC of the cropped box (:func:`simclr_xb.recipe.bicubic_taps`,
+    separable: rows then columns), NOT clamped (data_util.py clips later).
     x: (N, H, W, C) -> (N, size, size, C).
     """
+    if check_recipe(recipe) == "tf2":
+        return _bicubic_crop(x, crop, size)
     top, left, h, w = (crop[:, k] for k in range(4))
     y0, y1, fy = _bilinear_taps(top, h, size)
     x0, x1, fx = _bilinear_taps(left, w, size)
@@ -72,14 +78,28 @@ def resized_crop(x: np.ndarray, crop: np.ndarray, size: int) -> np.ndarray:
     return _clamp(top_row * (1 - fy) + bottom_row * fy)
 
 
+def _bicubic_crop(x: np.ndarray, crop: np.ndarray, size: int) -> np.ndarray:
+    """TF bicubic crop-and-resize: out = sum_ij wy_i wx_j x[y_i, x_j] over 4 x 4 taps."""
+    iy, wy = bicubic_taps(crop[:, 0], crop[:, 2], size)  # (N, S, 4)
+    ix, wx = bicubic_taps(crop[:, 1], crop[:, 3], size)
+    n = np.arange(x.shape[0])[:, None, None]
+    out = np.zeros((x.shape[0], size, size, x.shape[3]))
+    for i in range(4):
+        for j in range(4):
+            v = x[n, iy[:, :, i][:, :, None], ix[:, :, j][:, None, :]]  # (N, S, S, C)
+            out += (wy[:, :, i][:, :, None] * wx[:, :, j][:, None, :])[..., None] * v
+    return out
+
+
 def hflip(x: np.ndarray, flip: np.ndarray) -> np.ndarray:
     """Mirror the width axis of the images where ``flip`` (N,) is True."""
     return np.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
 
 
-def rgb_to_gray(x: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) -> (N, H, W, 1): 0.299 R + 0.587 G + 0.114 B."""
-    return (x @ GRAY_WEIGHTS)[..., None]
+def rgb_to_gray(x: np.ndarray, recipe: str = "torchvision") -> np.ndarray:
+    """(N, H, W, 3) -> (N, H, W, 1): 0.299 R + 0.587 G + 0.114 B ("tf2": tf.image.rgb_to_grayscale's
+    0.2989 / 0.5870 / 0.1140)."""
+    return (x @ np.asarray(RECIPE_GRAY_WEIGHTS[check_recipe(recipe)]))[..., None]
 
 
 def adjust_brightness(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -87,15 +107,28 @@ def adjust_brightness(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return _clamp(x * factor[:, None, None, None])
 
 
-def adjust_contrast(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Blend with the mean of the image's grayscale: c x + (1 - c) mean(gray(x))."""
-    mean = rgb_to_gray(x).mean(axis=(1, 2, 3))[:, None, None, None]
+def adjust_contrast(x: np.ndarray, factor: np.ndarray, recipe: str = "torchvision") -> np.ndarray:
+    """Blend with the mean of the image's grayscale: c x + (1 - c) mean(gray(x)); "tf2"
+    (tf.image.adjust_contrast): with each channel's own mean over the image,
+    (x - mean_c) c + mean_c. Clamped."""
+    if check_recipe(recipe) == "tf2":
+        mean = x.mean(axis=(1, 2), keepdims=True)
+    else:
+        mean = rgb_to_gray(x).mean(axis=(1, 2, 3))[:, None, None, None]
     c = factor[:, None, None, None]
     return _clamp(c * x + (1 - c) * mean)
 
 
-def adjust_saturation(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Blend with the image's grayscale: t x + (1 - t) gray(x)."""
+def adjust_saturation(x: np.ndarray, factor: np.ndarray, recipe: str = "torchvision") -> np.ndarray:
+    """Blend with the image's grayscale: t x + (1 - t) gray(x). "tf2"
+    (tf.image.adjust_saturation): in HSV, S <- clip(S t, 0, 1) with H and V kept, i.e. the
+    chroma C = V - min becomes V clip(S t) = min(V, C t) for t >= 0. Clamped."""
+    if check_recipe(recipe) == "tf2":
+        v = x.max(axis=-1)
+        c = v - x.min(axis=-1)
+        s = np.where(v > 0, c / np.where(v > 0, v, 1.0), 0.0)
+        c_new = v * np.clip(s * factor[:, None, None], 0.0, 1.0)
+        return _clamp(hsv_channels(v, c_new, rgb_to_hue(x)))
     t = factor[:, None, None, None]
     return _clamp(t * x + (1 - t) * rgb_to_gray(x))
 
@@ -130,11 +163,12 @@ def adjust_hue(x: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return _clamp(hsv_channels(v, c, hue))
 
 
-def color_jitter(x: np.ndarray, params: ViewParams) -> np.ndarray:
+def color_jitter(x: np.ndarray, params: ViewParams, recipe: str = "torchvision") -> np.ndarray:
     """The four jitter ops in each view's own order, on the views where ``params.jitter``."""
+    check_recipe(recipe)
     ops = {BRIGHTNESS: (adjust_brightness, params.brightness),
-           CONTRAST: (adjust_contrast, params.contrast),
-           SATURATION: (adjust_saturation, params.saturation),
+           CONTRAST: (lambda a, f: adjust_contrast(a, f, recipe), params.contrast),
+           SATURATION: (lambda a, f: adjust_saturation(a, f, recipe), params.saturation),
            HUE: (adjust_hue, params.hue)}
     out = x.copy()
     for i in np.flatnonzero(params.jitter):
@@ -146,9 +180,9 @@ def color_jitter(x: np.ndarray, params: ViewParams) -> np.ndarray:
     return out
 
 
-def grayscale(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def grayscale(x: np.ndarray, mask: np.ndarray, recipe: str = "torchvision") -> np.ndarray:
     """Replace the views where ``mask`` with their grayscale, repeated over 3 channels."""
-    return np.where(mask[:, None, None, None], np.repeat(rgb_to_gray(x), 3, axis=-1), x)
+    return np.where(mask[:, None, None, None], np.repeat(rgb_to_gray(x, recipe), 3, axis=-1), x)
 
 
 def gaussian_kernel1d(sigma: np.ndarray, kernel_size: int) -> np.ndarray:
@@ -159,12 +193,15 @@ def gaussian_kernel1d(sigma: np.ndarray, kernel_size: int) -> np.ndarray:
     return k / k.sum(axis=1, keepdims=True)
 
 
-def gaussian_blur(x: np.ndarray, sigma: np.ndarray, mask: np.ndarray, kernel_size: int) -> np.ndarray:
-    """Separable Gaussian blur (reflect padding, as torchvision) on the views where ``mask``."""
+def gaussian_blur(x: np.ndarray, sigma: np.ndarray, mask: np.ndarray, kernel_size: int,
+                  recipe: str = "torchvision") -> np.ndarray:
+    """Separable Gaussian blur on the views where ``mask``: reflect padding (as torchvision),
+    or zero padding for "tf2" (data_util.py: depthwise conv2d, padding 'SAME'), clamped."""
     r = kernel_size // 2
     k = gaussian_kernel1d(sigma, kernel_size)
     H, W = x.shape[1:3]
-    p = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="reflect")
+    pad = "constant" if check_recipe(recipe) == "tf2" else "reflect"
+    p = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode=pad)
     rows = sum(k[:, j, None, None, None] * p[:, :, j:j + W, :] for j in range(kernel_size))
     out = sum(k[:, j, None, None, None] * rows[:, j:j + H, :, :] for j in range(kernel_size))
     return np.where(mask[:, None, None, None], _clamp(out), x)
@@ -173,13 +210,18 @@ def gaussian_blur(x: np.ndarray, sigma: np.ndarray, mask: np.ndarray, kernel_siz
 def augment(images_u8: np.ndarray, params: ViewParams, cfg: AugmentConfig) -> np.ndarray:
     """The whole view pipeline: uint8 (N, H, W, 3) -> float (N, S, S, 3), S = cfg.image_size.
 
-    crop+resize -> flip -> colour jitter -> grayscale -> blur (SimCLR appendix A order).
+    crop+resize -> flip -> colour jitter -> grayscale -> blur (SimCLR appendix A order), each
+    op as ``cfg.recipe`` says; "tf2" clamps once after grayscale (its resize is not clamped;
+    data_util.preprocess_for_train clips at the end).
     """
-    x = resized_crop(to_float(images_u8), params.crop, cfg.image_size)
+    recipe = cfg.recipe
+    x = resized_crop(to_float(images_u8), params.crop, cfg.image_size, recipe)
     x = hflip(x, params.flip)
-    x = color_jitter(x, params)
-    x = grayscale(x, params.grayscale)
-    return gaussian_blur(x, params.blur_sigma, params.blur, cfg.blur_kernel_size)
+    x = color_jitter(x, params, recipe)
+    x = grayscale(x, params.grayscale, recipe)
+    if recipe == "tf2":
+        x = _clamp(x)
+    return gaussian_blur(x, params.blur_sigma, params.blur, cfg.blur_kernel_size, recipe)
 
 
 # --------------------------------------------------------------------------- layers
@@ -314,8 +356,12 @@ def _safe_norm(z: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum((z * z).sum(axis=1, keepdims=True), NORM_EPS ** 2))
 
 
-def nt_xent(z: np.ndarray, tau: float) -> float:
+def nt_xent(z: np.ndarray, tau: float, reduction: str = "mean") -> float:
     """NT-Xent (SimCLR eq. 1), mean over the 2N ordered positive pairs.
+
+    ``reduction`` "tf2" returns the official objective.py's value instead: the two directions'
+    losses summed per image and averaged over the N images, exactly 2x the mean
+    (:func:`simclr_xb.config.loss_scale`).
 
     l(i, j) = -log( exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau) ),
     sim(u, v) = u.v / (|u| |v|). z: (2N, d), positive of i is (i + N) mod 2N.
@@ -329,15 +375,16 @@ def nt_xent(z: np.ndarray, tau: float) -> float:
     m = s.max(axis=1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(s - m).sum(axis=1))
     pos = s[np.arange(len(z)), positive_index(len(z))]
-    return float(np.mean(lse - pos))
+    return float(loss_scale(reduction) * np.mean(lse - pos))
 
 
-def nt_xent_grad(z: np.ndarray, tau: float) -> np.ndarray:
+def nt_xent_grad(z: np.ndarray, tau: float, reduction: str = "mean") -> np.ndarray:
     """Analytic dL/dz of :func:`nt_xent`, (2N, d).
 
     With u = z/|z|, s = u u^T / tau, P = softmax over k != i, Y = one-hot positives:
     G = (P - Y) / 2N, dL/du = (G + G^T) u / tau, dL/dz_i = (I - u_i u_i^T) dL/du_i / |z_i|;
     for a row with |z_i| < NORM_EPS (u_i = z_i / NORM_EPS) it is dL/du_i / NORM_EPS.
+    ``reduction`` "tf2" doubles it (G = (P - Y) / N).
     """
     n2 = len(z)
     norm = _safe_norm(z)
@@ -347,21 +394,21 @@ def nt_xent_grad(z: np.ndarray, tau: float) -> np.ndarray:
     p = np.exp(s - s.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     p[np.arange(n2), positive_index(n2)] -= 1.0
-    g = p / n2
+    g = p * (loss_scale(reduction) / n2)
     du = (g + g.T) @ u / tau
     radial = np.where(norm > NORM_EPS, (u * du).sum(axis=1, keepdims=True), 0.0)
     return (du - u * radial) / norm
 
 
-def nt_xent_chunked(z: np.ndarray, tau: float, chunk: int) -> float:
+def nt_xent_chunked(z: np.ndarray, tau: float, chunk: int, reduction: str = "mean") -> float:
     """The oracle of the backends' chunked NT-Xent: the EXACT :func:`nt_xent`. Chunking only
     changes the summation order and the memory, never the value; ``chunk`` is ignored here."""
-    return nt_xent(z, tau)
+    return nt_xent(z, tau, reduction)
 
 
-def nt_xent_chunked_grad(z: np.ndarray, tau: float, chunk: int) -> np.ndarray:
+def nt_xent_chunked_grad(z: np.ndarray, tau: float, chunk: int, reduction: str = "mean") -> np.ndarray:
     """The oracle of the chunked NT-Xent's gradient: the exact :func:`nt_xent_grad`."""
-    return nt_xent_grad(z, tau)
+    return nt_xent_grad(z, tau, reduction)
 
 
 PROBE_EPS = 1e-5
@@ -665,9 +712,10 @@ def loss_and_grads(weights, x, cfg: Config):
     h, up = encoder_train_forward(x, weights, mcfg, tape)
     z, up_head = head_train_forward(h, weights, mcfg, tape)
     up.update(up_head)
-    loss = nt_xent(z, cfg.loss.temperature)
+    loss = nt_xent(z, cfg.loss.temperature, cfg.loss.reduction)
     grads: dict[str, np.ndarray] = {}
-    dh = head_backward(nt_xent_grad(z, cfg.loss.temperature), weights, mcfg, tape, grads)
+    dh = head_backward(nt_xent_grad(z, cfg.loss.temperature, cfg.loss.reduction), weights, mcfg, tape,
+                       grads)
     encoder_backward(dh, weights, mcfg, tape, grads)
     return loss, grads, up
 
@@ -694,3 +742,78 @@ def train_step(weights, momenta, images_u8, p1: ViewParams, p2: ViewParams, lr: 
     new_weights.update(new_params)
     new_weights.update(bn_updates)
     return loss, new_weights, {**momenta, **new_mom}
+
+
+# --------------------------------------------------------------------------- large-image crop
+
+
+def augment_cropped(views_u8: np.ndarray, params: ViewParams, cfg: AugmentConfig) -> np.ndarray:
+    """The pipeline after the crop, for views (N, S, S, 3) the data workers already cut and
+    resized: :func:`augment` with every box the whole S x S view (resizing to the same size is
+    the identity), i.e. flip -> jitter -> grayscale -> blur from ``params``."""
+    import dataclasses
+    S = cfg.image_size
+    whole = np.tile(np.array([[0, 0, S, S]], np.int64), (len(params), 1))
+    return augment(views_u8, dataclasses.replace(params, crop=whole), cfg)
+
+
+def _resample_filter(name: str):
+    """Pillow's separable filters as (function, support): the triangle ("bilinear") and the
+    Keys cubic with a = -0.5 ("bicubic"), both in units of output pixels before scaling."""
+    if name == "bilinear":
+        return (lambda t: np.maximum(0.0, 1.0 - np.abs(t))), 1.0
+    if name == "bicubic":
+        a = -0.5
+
+        def cubic(t):
+            t = np.abs(t)
+            return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                            np.where(t < 2, (((t - 5) * t + 8) * t - 4) * a, 0.0))
+        return cubic, 2.0
+    raise ValueError(f"resample filter {name!r} is invalid: expected 'bilinear' or 'bicubic'")
+
+
+def resample_matrix(in_size: int, start: float, length: float, size: int,
+                    filter: str = "bilinear") -> np.ndarray:
+    """(size, in_size) float64: the 1-D antialiased resize of the interval [start, start +
+    length) of a line of ``in_size`` pixels to ``size`` samples (Pillow's ``resize`` with a
+    ``box``): scale = length / size, the filter is widened by max(scale, 1) when shrinking,
+    output o is centred at start + (o + 0.5) scale, pixel x at x + 0.5, taps limited to
+    [int(centre - support + 0.5), int(centre + support + 0.5)) within the line, and each row
+    normalised to sum 1."""
+    fn, support = _resample_filter(filter)
+    scale = length / size
+    fscale = max(scale, 1.0)
+    support = support * fscale
+    m = np.zeros((size, in_size))
+    for o in range(size):
+        centre = start + (o + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), in_size)
+        x = np.arange(lo, hi, dtype=np.float64)
+        w = fn((x - centre + 0.5) / fscale)
+        s = w.sum()
+        m[o, lo:hi] = w / s if s != 0 else 0.0
+    return m
+
+
+def crop_resize_antialias(image_u8: np.ndarray, boxes: np.ndarray, size: int,
+                          filter: str = "bilinear") -> np.ndarray:
+    """The large-image view crop: box ``(top, left, height, width)`` of ONE decoded image
+    (H, W, 3) uint8 resized to (size, size) with an antialiased separable filter (see
+    :func:`resample_matrix`; rows then columns, in float64, no rounding in between)
+    -> (K, size, size, 3) float64 in [0, 1] for K boxes.
+
+    This defines what the data workers (:mod:`simclr_xb.data.decode`) compute for images
+    read from files: Pillow's 8-bit resampler rounds to uint8 after each pass (and JPEG draft
+    mode decodes at a reduced DCT scale), which the conformance case
+    ``data.decode_crop_resize`` bounds."""
+    img = np.asarray(image_u8, dtype=np.float64) / 255.0
+    H, W = img.shape[:2]
+    out = np.empty((len(boxes), size, size, img.shape[2]))
+    for k, (top, left, h, w) in enumerate(np.asarray(boxes, dtype=np.int64)):
+        my = resample_matrix(H, float(top), float(h), size, filter)
+        mx_ = resample_matrix(W, float(left), float(w), size, filter)
+        rows = (my @ img.reshape(H, -1)).reshape(size, W, -1)  # (size, W, 3)
+        out[k] = np.einsum("px,oxc->opc", mx_, rows)
+    return _clamp(out)

@@ -182,17 +182,38 @@ def last_bn_of_block(block: BlockSpec) -> str:
     return f"{block.prefix}.bn2" if block.kind == "basic" else f"{block.prefix}.bn3"
 
 
+# Standard deviation of a unit normal truncated to [-2, 2] (tf.keras VarianceScaling's constant).
+TRUNC_STD = 0.87962566103423978
+
+
+def truncated_normal(rng: np.random.Generator, std: float, shape: tuple[int, ...]) -> np.ndarray:
+    """N(0, std^2) truncated to [-2 std, 2 std] (TF's truncated_normal), by redrawing the
+    entries that fall outside. Deterministic given the generator's state."""
+    out = rng.normal(0.0, std, shape)
+    bad = np.abs(out) > 2 * std
+    while bad.any():
+        out[bad] = rng.normal(0.0, std, int(bad.sum()))
+        bad = np.abs(out) > 2 * std
+    return out
+
+
 def init_weights(cfg: ModelConfig, seed: int, num_classes: int | None = None) -> dict[str, np.ndarray]:
     """Canonical float64 initial weights, identical for every backend given the seed.
 
-    conv: Kaiming normal, fan_out, ReLU gain (torchvision); BN gamma 1, beta 0, running
-    mean 0, var 1; head and probe linear weights N(0, 0.01) (official code), biases 0;
-    ``zero_init_residual`` sets each block's last BN gamma to 0.
+    conv: ``cfg.init`` "kaiming": normal, fan_out, ReLU gain (torchvision), std sqrt(2 / fan_out);
+    "tf": tf.keras VarianceScaling() as the official resnet.py uses it (scale 1, fan_in,
+    truncated normal: N(0, s^2) cut at +-2 s, s = sqrt(1 / fan_in) / 0.8796... so the
+    truncated std is sqrt(1 / fan_in)); BN gamma 1, beta 0, running mean 0, var 1; head and
+    probe linear weights N(0, 0.01) (official code), biases 0; ``zero_init_residual`` sets
+    each block's last BN gamma to 0.
     """
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), STREAM_INIT])))
     out: dict[str, np.ndarray] = {}
     for s in model_specs(cfg, num_classes):
-        if s.kind == "conv":
+        if s.kind == "conv" and cfg.init == "tf":
+            fan_in = s.shape[1] * s.shape[2] * s.shape[3]
+            out[s.name] = truncated_normal(rng, math.sqrt(1.0 / fan_in) / TRUNC_STD, s.shape)
+        elif s.kind == "conv":
             fan_out = s.shape[0] * s.shape[2] * s.shape[3]
             out[s.name] = rng.normal(0.0, math.sqrt(2.0 / fan_out), s.shape)
         elif s.kind == "linear.weight":

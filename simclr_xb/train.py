@@ -45,8 +45,42 @@ from .augment import sample_pair
 from .backend import get_backend
 from .checkpoint import Checkpoint, CheckpointError, latest_good, library_versions, save_rolling
 from .config import Config, ConfigError
+from .monitor import KnnMonitor
 from .progress import MetricsLog, Progress
 from .schedules import LRSchedule
+
+
+def _step_pipeline(trainer, cfg, per_rank, hw, rank, spe, schedule, num_classes, end, dist, stop,
+                   stream=False):
+    """The loop's steps through :class:`.pipeline.StepPipeline`: with an MLX trainer each
+    loss is read one step late (the next step already launched), see :mod:`.pipeline`."""
+    from .pipeline import StepPipeline
+    skip = cfg.train.on_nonfinite == "skip"
+
+    def args(batch, step):
+        if stream:  # views already cut by the workers, from the boxes drawn for them
+            images, labels, (p1, p2) = batch.views, batch.labels, batch.params
+            kw = {"cropped": True}
+        else:
+            images, labels, kw = batch.images, batch.labels, {}
+            p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, step // spe, step, rank)
+        if skip:
+            kw["skip_nonfinite"] = True
+        return (images, labels if num_classes else None, p1, p2, schedule(step)), kw
+
+    def launch(batch, step, keep_before):
+        a, kw = args(batch, step)
+        return trainer.train_step_async(*a, keep_before=keep_before, **kw)
+
+    def run_sync(batch, step):
+        a, kw = args(batch, step)
+        return trainer.train_step(*a, **kw)
+
+    def may_launch(step):
+        return (step < end and step % cfg.train.checkpoint_every != 0 and dist is None
+                and stop.signum is None)
+
+    return StepPipeline(trainer, launch, run_sync, schedule, may_launch)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -71,7 +105,9 @@ class TrainResult:
 
 # Fields a resumed run may change without changing its trajectory.
 RESUME_SAFE_FIELDS = {"train.max_steps", "train.log_every", "train.checkpoint_every",
-                      "train.keep_last", "data.num_workers", "data.root", "train.compile"}
+                      "train.keep_last", "data.num_workers", "data.root", "train.compile",
+                      "train.monitor_every", "train.monitor_train", "train.monitor_eval",
+                      "train.tensorboard", "train.progress_every_s"}
 
 
 def resume_config(ckpt_cfg: Config, requested: Config, requested_fields=(), where: str = "") -> Config:
@@ -128,9 +164,32 @@ class _StopFlag:
 
 
 def load_train_data(cfg: Config):
-    from .data import load_dataset
-    return load_dataset(cfg.data.name, "train", root=cfg.data.root,
+    """The training split: in memory, or a StreamDataset (folder:, wds:) read by index."""
+    from .data import open_dataset
+    return open_dataset(cfg.data.name, "train", root=cfg.data.root,
                         skip_bad_images=cfg.data.skip_bad_images)
+
+
+def stream_resample(cfg: Config) -> str:
+    """The workers' resize filter: bicubic for the official (tf2) recipe, else bilinear."""
+    return "bicubic" if getattr(cfg.augment, "recipe", None) == "tf2" else "bilinear"
+
+
+def stream_train_loader(cfg: Config, dataset, per_rank: int, rank: int, world: int):
+    """A StreamLoader whose batches are the two views of every image, cut by the workers from
+    the original image with the boxes ``sample_pair`` draws from each image's own (H, W) at
+    (seed, epoch, global step, rank): the same draws an in-memory run makes."""
+    from .data import StreamLoader
+
+    def make_params(epoch, step, idx, hw):
+        return list(sample_pair(cfg.augment, len(idx), hw, cfg.train.seed, epoch,
+                                epoch * loader.steps_per_epoch + step, rank))
+
+    loader = StreamLoader(dataset, per_rank, make_params, cfg.augment.image_size, seed=cfg.train.seed,
+                          rank=rank, world=world, drop_last=True, shuffle=True,
+                          num_workers=cfg.data.num_workers, prefetch=2,
+                          skip_bad_images=cfg.data.skip_bad_images, resample=stream_resample(cfg))
+    return loader
 
 
 def stage_sides(cfg: Config) -> dict[str, int]:
@@ -217,6 +276,40 @@ def drop_partial_metrics(path: Path) -> int:
     return dropped
 
 
+def claim_run(out_dir: Path, ckpt, cfg: Config) -> str:
+    """The run identity of ``out_dir`` (run.json, :func:`simclr_xb.outputs.claim_run_folder`):
+    a new run needs a folder without another run in it; a resumed one continues its own run."""
+    from .outputs import OutputError, claim_run_folder
+    try:
+        return claim_run_folder(out_dir, resume_from=ckpt.path if ckpt is not None else None,
+                                init_from=cfg.train.init_from)
+    except OutputError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def init_from_checkpoint(trainer, cfg: Config, log=print) -> None:
+    """Load the encoder and head weights of ``cfg.train.init_from`` (a checkpoint file or run
+    folder; the exact file named, never another) into a fresh ``trainer``: momenta start at
+    zero, the online probe keeps its fresh initialisation, the step count starts at 0."""
+    src = latest_good(cfg.train.init_from, warn=lambda m: log(f"warning: {m}"))
+    src.check_fits_config()
+    fresh = {k: v for k, v in trainer.state_dict().items() if not k.startswith("momentum/")}
+    theirs = {k: v for k, v in src.weights.items() if not k.startswith("probe.")}
+    state = dict(fresh)
+    state.update(theirs)
+    try:
+        from .resnet_spec import check_weights, model_specs
+        check_weights(theirs, model_specs(cfg.model), "its weights")  # exactly this model's entries
+        trainer.load_state_dict(state)
+    except ValueError as e:
+        m = src.config.model
+        raise CheckpointError(f"--init-from {src.path}: its weights ({m.arch} x{m.width:g}, "
+                              f"{'CIFAR' if m.cifar_stem else 'ImageNet'} stem) do not fit this run's "
+                              f"model ({cfg.model.arch} x{cfg.model.width:g}): {e}") from None
+    log(f"initialised the weights from {src.path} (step {src.step}); a new run with its own "
+        f"schedule starts at step 0")
+
+
 def _nonfinite_entries(state: dict[str, np.ndarray]) -> list[str]:
     return [k for k, v in state.items()
             if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
@@ -251,6 +344,8 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
                 log(f"warning: the checkpoint was written by {int(ckpt.extra['world'])} processes, this run "
                     f"has {world}: the per-rank augmentation streams differ from an uninterrupted run")
     cfg.validate()
+    from .inputs import check_train_memory
+    check_train_memory(cfg, world)  # before any data, model or loader is allocated
 
     if is_main:  # before reading any data: a bad --out fails at once
         try:
@@ -262,6 +357,7 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
             raise CheckpointError(f"output folder {out_dir} is not writable ({e.strerror}: "
                                   f"{e.filename}): choose another --out") from None
         remove_stale_temp_files(out_dir, log=log)
+        claim_run(out_dir, ckpt, cfg)
         warning = small_image_warning(cfg)
         if warning:
             log(f"warning: {warning}")
@@ -279,7 +375,8 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         raise ConfigError(f"config field train.batch_size = {cfg.train.batch_size} is larger than the "
                           f"dataset {dataset.name} ({n_images} training images): expected a batch "
                           f"size <= {n_images}")
-    hw = tuple(dataset.images.shape[1:3])
+    stream = getattr(dataset, "is_stream", False)
+    hw = tuple(int(v) for v in np.median(dataset.hw, axis=0)) if stream else tuple(dataset.images.shape[1:3])
     num_classes = len(dataset.classes) if (cfg.optim.probe and dataset.labels is not None) else None
 
     api = get_backend(backend)
@@ -298,10 +395,13 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
                                   f"({cfg.model.arch} x{cfg.model.width}, cifar_stem "
                                   f"{cfg.model.cifar_stem}): {e}") from None
         start = ckpt.step
+    elif cfg.train.init_from:
+        init_from_checkpoint(trainer, cfg, log if is_main else (lambda m: None))
 
-    loader = BatchLoader(dataset.images, dataset.labels, per_rank, seed=cfg.train.seed, rank=rank,
-                         world=world, drop_last=True, shuffle=True, prefetch=2,
-                         num_workers=cfg.data.num_workers)
+    loader = stream_train_loader(cfg, dataset, per_rank, rank, world) if stream else \
+        BatchLoader(dataset.images, dataset.labels, per_rank, seed=cfg.train.seed, rank=rank,
+                    world=world, drop_last=True, shuffle=True, prefetch=2,
+                    num_workers=cfg.data.num_workers)
     spe = loader.steps_per_epoch
     schedule = LRSchedule(cfg, spe)
     total = cfg.train.epochs * spe
@@ -309,12 +409,14 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
 
     if is_main and ckpt is not None:
         drop_partial_metrics(out_dir / "metrics.jsonl")
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None) \
-        if is_main else None
-    progress = Progress(end, start, every=cfg.train.log_every, enabled=show_progress and is_main)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None,
+                         tensorboard=cfg.train.tensorboard) if is_main else None
+    progress = Progress(end, start, enabled=show_progress and is_main, steps_per_epoch=spe,
+                        interval_s=cfg.train.progress_every_s)
+    monitor = KnnMonitor.for_run(cfg, backend, trainer.device, dataset, spe, end, log) if is_main else None
     if is_main:
         log(f"simclr-xb: {backend} on {trainer.device}, {cfg.model.arch} x{cfg.model.width}, "
-            f"{n_images} images of {hw[0]}x{hw[1]} from {dataset.name}, batch {cfg.train.batch_size}, "
+            f"{n_images} images of {'median ' if stream else ''}{hw[0]}x{hw[1]} from {dataset.name}, batch {cfg.train.batch_size}, "
             f"{spe} steps/epoch, steps {start}->{end} of {total}, peak lr {schedule.peak:.4g}")
 
     last_path = ckpt.path if ckpt is not None else None
@@ -341,8 +443,12 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
         extra = {"rng_seed": np.int64(cfg.train.seed), "rng_epoch": np.int64(step // spe),
                  "rng_step": np.int64(step), "world": np.int64(world),
                  "num_classes": np.int64(num_classes or 0)}
+        versions = library_versions()
+        if stream:  # the decoder decides the pixels of every view
+            from .data.decode import decoder_versions
+            versions.update(decoder_versions())
         ck = Checkpoint(config=cfg, weights=weights, momentum=momentum, extra=extra,
-                        epoch=step // spe, step=step, backend=backend, versions=library_versions())
+                        epoch=step // spe, step=step, backend=backend, versions=versions)
         return save_rolling(out_dir, ck, cfg.train.keep_last)
 
     skip_mode = cfg.train.on_nonfinite == "skip"
@@ -354,16 +460,10 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
     try:
         with _StopFlag() as stop:
             epoch = step // spe
+            pipe = _step_pipeline(trainer, cfg, per_rank, hw, rank, spe, schedule, num_classes, end,
+                                  dist, stop, stream)
             while step < end:
-                for images, labels, _ in loader.epoch(epoch, start_step=step % spe):
-                    t0 = time.perf_counter()
-                    p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, epoch, step, rank)
-                    lr = schedule(step)
-                    if skip_mode:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr,
-                                               skip_nonfinite=True)
-                    else:
-                        m = trainer.train_step(images, labels if num_classes else None, p1, p2, lr)
+                for t0, lr, m in pipe.run(loader.epoch(epoch, start_step=step % spe), step):
                     loss = float(m["loss"])
                     skipped = bool(m.get("skipped")) or not math.isfinite(loss)
                     if skipped:
@@ -403,10 +503,12 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
                         for k in ("probe_loss", "probe_acc"):
                             if k in m:
                                 rec[k] = float(m[k])
+                        rec.update(monitor.after_step(trainer, step) if monitor else {})
                         metrics.write(rec)
                         shown = {"loss": loss, "lr": lr, "img/s": round(ips, 1)}
                         if "probe_acc" in m:
                             shown["probe"] = f"{100 * float(m['probe_acc']):.0f}%"
+                        shown.update(monitor.shown() if monitor else {})
                         progress.update(step, epoch=epoch, **shown)
                     if step % cfg.train.checkpoint_every == 0 and step < end:
                         last_path = save(step) or last_path

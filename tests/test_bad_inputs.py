@@ -152,7 +152,7 @@ def test_corrupt_image_fails_or_is_skipped(tmp_path):
                 "--max-steps", 1, *flag)
         assert r.exit_code == 0, r.output
         assert f"warning: skipped 1 undecodable image(s) in {folder}" in r.output
-        assert "8 images of 32x32" in r.output
+        assert "8 images of median " in r.output  # a folder streams at its own sizes
 
 
 def _write_idx(path: Path, magic: int, dims: tuple[int, ...], data: bytes) -> None:

@@ -125,13 +125,15 @@ def test_preset_imagenet():
     assert cfg.augment.image_size == 224 and cfg.augment.strength == 1.0
     assert cfg.augment.blur_p == 0.5 and cfg.augment.blur_kernel_size == 23  # ~10% of 224, odd
     assert cfg.loss.temperature == 0.1
-    assert cfg.train.batch_size == 4096 and cfg.optim.lr_scaling == "linear"
+    # tf2/README.md's command: 0.075 with sqrt scaling (= 0.3 linear at 4096), see
+    # tests/test_official_presets.py for every field and its source
+    assert cfg.train.batch_size == 4096 and cfg.optim.lr_scaling == "sqrt"
     assert cfg.optim.warmup_epochs == 10
 
 
 def test_preset_cifar():
     cfg = preset("cifar")
-    assert cfg.model.cifar_stem is True and cfg.model.arch == "resnet50"
+    assert cfg.model.cifar_stem is True and cfg.model.arch == "resnet18"  # official README
     assert cfg.augment.image_size == 32 and cfg.augment.strength == 0.5
     assert cfg.augment.blur_p == 0.0  # the paper leaves blur out for CIFAR-10
     assert cfg.loss.temperature == 0.5

@@ -72,11 +72,12 @@ def worker(out_dir: Path) -> None:
     rank = ctx.rank
     # 1. the gather's vjp in numbers (and MLX's own all_gather, for the record)
     dp = mdist.DataParallel(ctx)
-    x = mx.arange(3, dtype=mx.float64) + 3 * rank
-    w6 = mx.arange(6, dtype=mx.float64)
-    ours = mx.grad(lambda v: mx.sum(dp.gather_stack(v).reshape(-1) * w6))(x)
-    raw = mx.grad(lambda v: mx.sum(mx.distributed.all_gather(v, group=dp.group) * w6))(x)
-    results = {"gather_grad": np.array(ours), "raw_all_gather_grad": np.array(raw)}
+    with mx.stream(mx.cpu):  # float64: the CPU stream (a Mac's default device, the GPU, has none)
+        x = mx.arange(3, dtype=mx.float64) + 3 * rank
+        w6 = mx.arange(6, dtype=mx.float64)
+        ours = mx.grad(lambda v: mx.sum(dp.gather_stack(v).reshape(-1) * w6))(x)
+        raw = mx.grad(lambda v: mx.sum(mx.distributed.all_gather(v, group=dp.group) * w6))(x)
+        results = {"gather_grad": np.array(ours), "raw_all_gather_grad": np.array(raw)}
     # 2. the real Trainer, then the two negative controls
     results.update({f"global/{k}": v for k, v in run_steps(Trainer(CFG, 3, "cpu", dist=ctx), rank, WORLD).items()})
     # loss.chunk: the loss and dL/dz of the GLOBAL z taken outside the step, then the vjp

@@ -3,7 +3,13 @@
 Every function takes and returns numpy in the canonical conventions (NHWC images, OIHW conv
 weights, canonical parameter names, ``dtype`` "float32" | "float64") and calls the SAME MLX
 modules and functions the :class:`Trainer` uses, so a conformance case pairs
-``reference.f(*args)`` with ``api.f(*args, dtype)``. float64 runs on the CPU stream.
+``reference.f(*args)`` with ``api.f(*args, dtype)``.
+
+Devices: every function (and :class:`Trainer`) takes ``device`` = "cpu", "gpu" or None (the
+GPU when MLX has one, else the CPU; :func:`.convert.device_for`). Every computation runs
+inside ``convert.on_device(dtype, device)``, i.e. on that device's stream, and float64 always
+on the CPU stream (Metal has no float64: "float64 is not supported on the GPU"); asking for
+float64 on "gpu" is a ValueError. tests/test_mlx_devices.py checks this statically.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from .step import MOMENTUM_PREFIX, Trainer
 
 __all__ = ["available", "version", "devices", "to_float", "resized_crop", "hflip",
            "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
-           "color_jitter", "grayscale", "gaussian_blur", "augment", "batch_norm", "conv2d",
+           "color_jitter", "grayscale", "gaussian_blur", "augment", "augment_cropped", "batch_norm", "conv2d",
            "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
            "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step", "Trainer"]
 
@@ -59,87 +65,103 @@ def _x(a, dtype: str) -> mx.array:
 # --------------------------------------------------------------------------- augmentation
 
 
-def to_float(images_u8, dtype: str = "float32") -> np.ndarray:
-    with convert.on_device(dtype):
+def to_float(images_u8, dtype: str = "float32", device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
         return _np(aug.to_float(np.asarray(images_u8), convert.mx_dtype(dtype)))
 
 
-def resized_crop(x, crop, size: int, dtype: str = "float32") -> np.ndarray:
-    with convert.on_device(dtype):
-        return _np(aug.resized_crop(_x(x, dtype), np.asarray(crop), size))
+def resized_crop(x, crop, size: int, dtype: str = "float32", recipe: str = "torchvision",
+                 device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
+        return _np(aug.resized_crop(_x(x, dtype), np.asarray(crop), size, recipe))
 
 
-def hflip(x, flip, dtype: str = "float32") -> np.ndarray:
-    with convert.on_device(dtype):
+def hflip(x, flip, dtype: str = "float32", device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
         return _np(aug.hflip(_x(x, dtype), mx.array(np.asarray(flip, dtype=bool))))
 
 
-def _factor_op(fn, x, factor, dtype):
-    with convert.on_device(dtype):
-        return _np(fn(_x(x, dtype), _x(factor, dtype)))
+def _factor_op(fn, x, factor, dtype, *extra, device=None):
+    with convert.on_device(dtype, device):
+        return _np(fn(_x(x, dtype), _x(factor, dtype), *extra))
 
 
-def adjust_brightness(x, factor, dtype: str = "float32") -> np.ndarray:
-    return _factor_op(aug.adjust_brightness, x, factor, dtype)
+def adjust_brightness(x, factor, dtype: str = "float32",
+                      device: str | None = None) -> np.ndarray:
+    return _factor_op(aug.adjust_brightness, x, factor, dtype, device=device)
 
 
-def adjust_contrast(x, factor, dtype: str = "float32") -> np.ndarray:
-    return _factor_op(aug.adjust_contrast, x, factor, dtype)
+def adjust_contrast(x, factor, dtype: str = "float32", recipe: str = "torchvision",
+                    device: str | None = None) -> np.ndarray:
+    return _factor_op(aug.adjust_contrast, x, factor, dtype, recipe, device=device)
 
 
-def adjust_saturation(x, factor, dtype: str = "float32") -> np.ndarray:
-    return _factor_op(aug.adjust_saturation, x, factor, dtype)
+def adjust_saturation(x, factor, dtype: str = "float32", recipe: str = "torchvision",
+                      device: str | None = None) -> np.ndarray:
+    return _factor_op(aug.adjust_saturation, x, factor, dtype, recipe, device=device)
 
 
-def adjust_hue(x, delta, dtype: str = "float32") -> np.ndarray:
-    return _factor_op(aug.adjust_hue, x, delta, dtype)
+def adjust_hue(x, delta, dtype: str = "float32", device: str | None = None) -> np.ndarray:
+    return _factor_op(aug.adjust_hue, x, delta, dtype, device=device)
 
 
-def color_jitter(x, params: ViewParams, dtype: str = "float32") -> np.ndarray:
-    with convert.on_device(dtype):
-        return _np(aug.color_jitter(_x(x, dtype), params))
+def color_jitter(x, params: ViewParams, dtype: str = "float32", recipe: str = "torchvision",
+                 device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
+        return _np(aug.color_jitter(_x(x, dtype), params, recipe))
 
 
-def grayscale(x, mask, dtype: str = "float32") -> np.ndarray:
-    with convert.on_device(dtype):
-        return _np(aug.grayscale(_x(x, dtype), mx.array(np.asarray(mask, dtype=bool))))
+def grayscale(x, mask, dtype: str = "float32", recipe: str = "torchvision",
+              device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
+        return _np(aug.grayscale(_x(x, dtype), mx.array(np.asarray(mask, dtype=bool)), recipe))
 
 
-def gaussian_blur(x, sigma, mask, kernel_size: int, dtype: str = "float32") -> np.ndarray:
-    with convert.on_device(dtype):
-        return _np(aug.gaussian_blur(_x(x, dtype), np.asarray(sigma), np.asarray(mask), kernel_size))
+def gaussian_blur(x, sigma, mask, kernel_size: int, dtype: str = "float32",
+                  recipe: str = "torchvision", device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
+        return _np(aug.gaussian_blur(_x(x, dtype), np.asarray(sigma), np.asarray(mask), kernel_size,
+                                     recipe))
 
 
-def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype: str = "float32") -> np.ndarray:
-    with convert.on_device(dtype):
+def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype: str = "float32",
+            device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
         return _np(aug.augment(np.asarray(images_u8), params, cfg, convert.mx_dtype(dtype)))
+
+
+def augment_cropped(views_u8, params: ViewParams, cfg: AugmentConfig, dtype: str = "float32",
+                    device: str | None = None) -> np.ndarray:
+    with convert.on_device(dtype, device):
+        return _np(aug.augment_cropped(np.asarray(views_u8), params, cfg, convert.mx_dtype(dtype)))
 
 
 # --------------------------------------------------------------------------- layers
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, train: bool, momentum: float = 0.1,
-               eps: float = 1e-5, dtype: str = "float32"):
+               eps: float = 1e-5, dtype: str = "float32", device: str | None = None):
     """-> (y, new_mean, new_var) as numpy; ``weight``/``bias`` may be None."""
-    with convert.on_device(dtype):
+    with convert.on_device(dtype, device):
         opt = [None if a is None else _x(a, dtype) for a in (weight, bias)]
         y, m, v = layers.batch_norm(_x(x, dtype), opt[0], opt[1], _x(running_mean, dtype),
                                     _x(running_var, dtype), train, momentum, eps)
         return _np(y), _np(m), _np(v)
 
 
-def conv2d(x, w, stride: int = 1, padding: int = 0, dtype: str = "float32") -> np.ndarray:
+def conv2d(x, w, stride: int = 1, padding: int = 0, dtype: str = "float32",
+           device: str | None = None) -> np.ndarray:
     """x NHWC, w OIHW (canonical) -> NHWC."""
     w_mlx = convert.relayout(np.asarray(w), convert.CANONICAL_CONV, convert.MLX_CONV)
-    with convert.on_device(dtype):
+    with convert.on_device(dtype, device):
         return _np(layers.conv2d(_x(x, dtype), _x(np.ascontiguousarray(w_mlx), dtype), stride,
                                  padding))
 
 
-def _run(module, prefix: str, x, weights, train: bool, dtype: str):
+def _run(module, prefix: str, x, weights, train: bool, dtype: str, device: str | None = None):
     """Load canonical ``weights`` into ``module`` (at ``prefix``), run it on x in the given
     mode -> (out numpy, bn_updates numpy) with the updated BN buffers when training."""
-    with convert.on_device(dtype):
+    with convert.on_device(dtype, device):
         convert.set_canonical(module, weights, dtype, prefix)
         module.train(train)
         out = module(_x(x, dtype))
@@ -149,26 +171,30 @@ def _run(module, prefix: str, x, weights, train: bool, dtype: str):
 
 
 def block(x, weights, spec: BlockSpec, train: bool, momentum: float = 0.1, eps: float = 1e-5,
-          dtype: str = "float32"):
+          dtype: str = "float32", device: str | None = None):
     """One residual block -> (y, bn_updates)."""
-    return _run(make_block(spec, momentum, eps), spec.prefix, x, weights, train, dtype)
+    return _run(make_block(spec, momentum, eps), spec.prefix, x, weights, train, dtype,
+                device)
 
 
-def encoder(x, weights, cfg: ModelConfig, train: bool, dtype: str = "float32"):
+def encoder(x, weights, cfg: ModelConfig, train: bool, dtype: str = "float32",
+            device: str | None = None):
     """ResNet trunk -> (h (N, d), bn_updates)."""
-    return _run(ResNet(cfg), "encoder", x, weights, train, dtype)
+    return _run(ResNet(cfg), "encoder", x, weights, train, dtype, device)
 
 
-def head(h, weights, cfg: ModelConfig, train: bool, dtype: str = "float32"):
+def head(h, weights, cfg: ModelConfig, train: bool, dtype: str = "float32",
+         device: str | None = None):
     """Projection head -> (z (N, head_out), bn_updates)."""
-    return _run(ProjectionHead(cfg), "head", h, weights, train, dtype)
+    return _run(ProjectionHead(cfg), "head", h, weights, train, dtype, device)
 
 
-def forward(x, weights, cfg: Config | ModelConfig, train: bool, dtype: str = "float32"):
+def forward(x, weights, cfg: Config | ModelConfig, train: bool, dtype: str = "float32",
+            device: str | None = None):
     """Encoder then head -> (h, z, bn_updates)."""
     mcfg = cfg.model if isinstance(cfg, Config) else cfg
-    h, up = encoder(x, weights, mcfg, train, dtype)
-    z, up2 = head(h, weights, mcfg, train, dtype)
+    h, up = encoder(x, weights, mcfg, train, dtype, device)
+    z, up2 = head(h, weights, mcfg, train, dtype, device)
     up.update(up2)
     return h, z, up
 
@@ -176,39 +202,43 @@ def forward(x, weights, cfg: Config | ModelConfig, train: bool, dtype: str = "fl
 # --------------------------------------------------------------------------- loss
 
 
-def nt_xent(z, tau: float, dtype: str = "float32") -> float:
-    with convert.on_device(dtype):
-        return _nt_xent(_x(z, dtype), tau).item()
+def nt_xent(z, tau: float, dtype: str = "float32", reduction: str = "mean",
+            device: str | None = None) -> float:
+    with convert.on_device(dtype, device):
+        return _nt_xent(_x(z, dtype), tau, reduction).item()
 
 
-def nt_xent_grad(z, tau: float, dtype: str = "float32") -> np.ndarray:
+def nt_xent_grad(z, tau: float, dtype: str = "float32", reduction: str = "mean",
+                 device: str | None = None) -> np.ndarray:
     """dL/dz (2N, d) by autodiff of the same :func:`.ntxent.nt_xent`."""
-    with convert.on_device(dtype):
-        return _np(mx.grad(lambda t: _nt_xent(t, tau))(_x(z, dtype)))
+    with convert.on_device(dtype, device):
+        return _np(mx.grad(lambda t: _nt_xent(t, tau, reduction))(_x(z, dtype)))
 
 
-def nt_xent_chunked(z, tau: float, chunk: int, dtype: str = "float32") -> float:
+def nt_xent_chunked(z, tau: float, chunk: int, dtype: str = "float32", reduction: str = "mean",
+                    device: str | None = None) -> float:
     """:func:`nt_xent` computed ``chunk`` rows at a time (never the 2N x 2N matrix)."""
-    with convert.on_device(dtype):
-        return _nt_xent_chunked(_x(z, dtype), tau, chunk).item()
+    with convert.on_device(dtype, device):
+        return _nt_xent_chunked(_x(z, dtype), tau, chunk, reduction).item()
 
 
-def nt_xent_chunked_grad(z, tau: float, chunk: int, dtype: str = "float32") -> np.ndarray:
+def nt_xent_chunked_grad(z, tau: float, chunk: int, dtype: str = "float32",
+                         reduction: str = "mean", device: str | None = None) -> np.ndarray:
     """dL/dz (2N, d) of :func:`nt_xent_chunked` as the trainer takes it: eagerly, block by
     block (:func:`.ntxent.nt_xent_chunked_value_and_grad`; the custom-vjp form gives the same
     numbers, tests/test_mlx_backend.py)."""
-    with convert.on_device(dtype):
-        return _np(_nt_xent_chunked_value_and_grad(_x(z, dtype), tau, chunk)[1])
+    with convert.on_device(dtype, device):
+        return _np(_nt_xent_chunked_value_and_grad(_x(z, dtype), tau, chunk, reduction)[1])
 
 
 # --------------------------------------------------------------------------- optimiser
 
 
 def lars_step(params: dict, grads: dict, momenta: dict, lr: float, cfg: OptimConfig,
-              excluded: dict[str, bool], dtype: str = "float32"):
+              excluded: dict[str, bool], dtype: str = "float32", device: str | None = None):
     """One LARS step on canonical dicts -> (params, momenta) as numpy (layouts unchanged:
     the update is elementwise plus whole-tensor norms, so OIHW needs no conversion)."""
-    with convert.on_device(dtype):
+    with convert.on_device(dtype, device):
         # A flat {name: array} dict is a valid MLX tree (names with dots are plain keys).
         opt = LARS.from_config(cfg, {k: bool(excluded[k]) for k in params},
                                convert.mx_dtype(dtype))
@@ -226,10 +256,9 @@ def lars_step(params: dict, grads: dict, momenta: dict, lr: float, cfg: OptimCon
 
 
 def train_step(weights, momenta, images_u8, p1: ViewParams, p2: ViewParams, lr: float,
-               cfg: Config, dtype: str = "float32"):
+               cfg: Config, dtype: str = "float32", device: str | None = None):
     """One full SimCLR step (no probe) through :class:`Trainer` -> (loss, weights, momenta)."""
-    t = Trainer(Trainer.with_precision(cfg, dtype), num_classes=None,
-                device="cpu" if dtype == "float64" else None)
+    t = Trainer(Trainer.with_precision(cfg, dtype), num_classes=None, device=device)
     state = dict(weights)
     state.update({MOMENTUM_PREFIX + k: v for k, v in momenta.items()})
     t.load_state_dict(state)

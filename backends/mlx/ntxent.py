@@ -25,6 +25,8 @@ from functools import lru_cache
 
 import mlx.core as mx
 
+from simclr_xb.config import loss_scale
+
 from .layers import exp, logsumexp
 
 
@@ -42,8 +44,9 @@ def safe_norm(z: mx.array) -> mx.array:
     return mx.sqrt(mx.maximum(mx.sum(z * z, axis=1, keepdims=True), NORM_EPS ** 2))
 
 
-def nt_xent(z: mx.array, tau: float) -> mx.array:
-    """NT-Xent of z (2N, d) at temperature tau -> scalar (mean over the 2N rows).
+def nt_xent(z: mx.array, tau: float, reduction: str = "mean") -> mx.array:
+    """NT-Xent of z (2N, d) at temperature tau -> scalar (mean over the 2N rows; ``reduction``
+    "tf2": the official objective.py's 2x, :func:`simclr_xb.config.loss_scale`).
 
     Raises ValueError if tau <= 0 or the number of rows is odd or < 2.
     """
@@ -57,7 +60,8 @@ def nt_xent(z: mx.array, tau: float) -> mx.array:
     s = mx.where(mx.eye(n2, dtype=mx.bool_), mx.array(-mx.inf, dtype=s.dtype), s)
     lse = logsumexp(s, axis=1)
     pos = mx.take_along_axis(s, positive_index(n2)[:, None], axis=1)[:, 0]
-    return mx.mean(lse - pos)
+    scale = loss_scale(reduction)
+    return mx.mean(lse - pos) * scale if scale != 1.0 else mx.mean(lse - pos)
 
 
 # --------------------------------------------------------------------------- chunked
@@ -143,7 +147,7 @@ def _chunked(tau: float, chunk: int):
     return f
 
 
-def nt_xent_chunked(z: mx.array, tau: float, chunk: int) -> mx.array:
+def nt_xent_chunked(z: mx.array, tau: float, chunk: int, reduction: str = "mean") -> mx.array:
     """NT-Xent of z (2N, d) computed ``chunk`` rows at a time -> scalar.
 
     Same value and gradient as :func:`nt_xent` (the exact formula, summed in another order),
@@ -163,10 +167,13 @@ def nt_xent_chunked(z: mx.array, tau: float, chunk: int) -> mx.array:
     (linear in N) and this function serves where a transformable loss is needed.
     """
     _check_chunked(z, tau, chunk)
-    return _chunked(float(tau), int(chunk))(z)[0]
+    scale = loss_scale(reduction)
+    loss = _chunked(float(tau), int(chunk))(z)[0]
+    return loss * scale if scale != 1.0 else loss
 
 
-def nt_xent_chunked_value_and_grad(z: mx.array, tau: float, chunk: int) -> tuple[mx.array, mx.array]:
+def nt_xent_chunked_value_and_grad(z: mx.array, tau: float, chunk: int,
+                                   reduction: str = "mean") -> tuple[mx.array, mx.array]:
     """(loss, dL/dz) of :func:`nt_xent_chunked`, computed EAGERLY block by block: each
     (chunk, 2N) block is evaluated (``mx.eval``) before the next one is built, so at most one
     block is alive and the peak memory is O(chunk * 2N + 2N * d), linear in N.
@@ -186,5 +193,8 @@ def nt_xent_chunked_value_and_grad(z: mx.array, tau: float, chunk: int) -> tuple
     loss = mx.mean(lse - _positive_term(u, tau))
     du = _block_grad_u(u, lse, tau, chunk, eager=True)
     grad = _grad_z(z, norm, u, du)
+    scale = loss_scale(reduction)
+    if scale != 1.0:
+        loss, grad = loss * scale, grad * scale
     mx.eval(loss, grad)
     return loss, grad

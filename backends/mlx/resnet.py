@@ -10,7 +10,8 @@ Stems: ImageNet 7x7/2 conv + 3x3/2 max-pool with padding 1 (``nn.MaxPool2d`` pad
 as PyTorch); CIFAR variant (SimCLR appendix B.9) 3x3/1 conv and no max-pool. The width
 multiplier scales every channel count (SimCLR's 2x, 4x). ``zero_init_residual`` zeroes each
 block's last BN gamma (Goyal et al. 2017), as torchvision. Weights are normally overwritten
-by :func:`simclr_xb.resnet_spec.init_weights`, so both backends start from the same numbers.
+by :func:`simclr_xb.resnet_spec.init_weights` (``model.init`` "kaiming" or "tf", zero-init
+residual), drawn once in numpy from the seed, so both backends start from the same numbers.
 """
 from __future__ import annotations
 

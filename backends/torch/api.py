@@ -39,7 +39,7 @@ from .step import SimCLRModel, Trainer, set_weights
 __all__ = [
     "available", "version", "devices", "to_float", "resized_crop", "hflip", "adjust_brightness",
     "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter", "grayscale",
-    "gaussian_blur", "augment", "batch_norm", "conv2d", "block", "encoder", "head", "forward",
+    "gaussian_blur", "augment", "augment_cropped", "batch_norm", "conv2d", "block", "encoder", "head", "forward",
     "nt_xent", "nt_xent_grad", "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step",
     "Trainer",
 ]
@@ -110,8 +110,8 @@ def to_float(images_u8, dtype="float32"):
     return _out(_aug.to_float(images_to_torch(np.asarray(images_u8), DEVICE), dtype))
 
 
-def resized_crop(x, crop, size, dtype="float32"):
-    return _out(_aug.resized_crop(_img(x, dtype), np.asarray(crop), int(size), dtype))
+def resized_crop(x, crop, size, dtype="float32", recipe="torchvision"):
+    return _out(_aug.resized_crop(_img(x, dtype), np.asarray(crop), int(size), dtype, recipe=recipe))
 
 
 def hflip(x, flip, dtype="float32"):
@@ -122,32 +122,37 @@ def adjust_brightness(x, factor, dtype="float32"):
     return _out(_aug.adjust_brightness(_img(x, dtype), np.asarray(factor)))
 
 
-def adjust_contrast(x, factor, dtype="float32"):
-    return _out(_aug.adjust_contrast(_img(x, dtype), np.asarray(factor)))
+def adjust_contrast(x, factor, dtype="float32", recipe="torchvision"):
+    return _out(_aug.adjust_contrast(_img(x, dtype), np.asarray(factor), recipe))
 
 
-def adjust_saturation(x, factor, dtype="float32"):
-    return _out(_aug.adjust_saturation(_img(x, dtype), np.asarray(factor)))
+def adjust_saturation(x, factor, dtype="float32", recipe="torchvision"):
+    return _out(_aug.adjust_saturation(_img(x, dtype), np.asarray(factor), recipe))
 
 
 def adjust_hue(x, delta, dtype="float32"):
     return _out(_aug.adjust_hue(_img(x, dtype), np.asarray(delta)))
 
 
-def color_jitter(x, params: ViewParams, dtype="float32"):
-    return _out(_aug.color_jitter(_img(x, dtype), params))
+def color_jitter(x, params: ViewParams, dtype="float32", recipe="torchvision"):
+    return _out(_aug.color_jitter(_img(x, dtype), params, recipe))
 
 
-def grayscale(x, mask, dtype="float32"):
-    return _out(_aug.grayscale(_img(x, dtype), np.asarray(mask)))
+def grayscale(x, mask, dtype="float32", recipe="torchvision"):
+    return _out(_aug.grayscale(_img(x, dtype), np.asarray(mask), recipe))
 
 
-def gaussian_blur(x, sigma, mask, kernel_size, dtype="float32"):
-    return _out(_aug.gaussian_blur(_img(x, dtype), np.asarray(sigma), np.asarray(mask), int(kernel_size)))
+def gaussian_blur(x, sigma, mask, kernel_size, dtype="float32", recipe="torchvision"):
+    return _out(_aug.gaussian_blur(_img(x, dtype), np.asarray(sigma), np.asarray(mask), int(kernel_size),
+                                   recipe))
 
 
 def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype="float32"):
     return _out(_aug.augment(np.asarray(images_u8), params, cfg, dtype, device=DEVICE))
+
+
+def augment_cropped(views_u8, params: ViewParams, cfg: AugmentConfig, dtype="float32"):
+    return _out(_aug.augment_cropped(np.asarray(views_u8), params, cfg, dtype, device=DEVICE))
 
 
 # --------------------------------------------------------------------------- layers
@@ -221,28 +226,28 @@ def forward(x, weights, cfg, train, dtype="float32"):
 # --------------------------------------------------------------------------- loss
 
 
-def nt_xent(z, tau, dtype="float32") -> float:
+def nt_xent(z, tau, dtype="float32", reduction="mean") -> float:
     with torch.no_grad():
-        return float(_nt_xent(to_tensor(np.asarray(z), DEVICE, dtype), tau))
+        return float(_nt_xent(to_tensor(np.asarray(z), DEVICE, dtype), tau, reduction))
 
 
-def nt_xent_grad(z, tau, dtype="float32"):
+def nt_xent_grad(z, tau, dtype="float32", reduction="mean"):
     """dL/dz (2N, d) of :func:`nt_xent` by autograd."""
     zt = to_tensor(np.asarray(z), DEVICE, dtype).requires_grad_(True)
-    _nt_xent(zt, tau).backward()
+    _nt_xent(zt, tau, reduction).backward()
     return _np(zt.grad)
 
 
-def nt_xent_chunked(z, tau, chunk, dtype="float32") -> float:
+def nt_xent_chunked(z, tau, chunk, dtype="float32", reduction="mean") -> float:
     """:func:`nt_xent` computed ``chunk`` rows at a time (never the 2N x 2N matrix)."""
     with torch.no_grad():
-        return float(_nt_xent_chunked(to_tensor(np.asarray(z), DEVICE, dtype), tau, chunk))
+        return float(_nt_xent_chunked(to_tensor(np.asarray(z), DEVICE, dtype), tau, chunk, reduction))
 
 
-def nt_xent_chunked_grad(z, tau, chunk, dtype="float32"):
+def nt_xent_chunked_grad(z, tau, chunk, dtype="float32", reduction="mean"):
     """dL/dz (2N, d) of :func:`nt_xent_chunked` through its custom backward (blocks recomputed)."""
     zt = to_tensor(np.asarray(z), DEVICE, dtype).requires_grad_(True)
-    _nt_xent_chunked(zt, tau, chunk).backward()
+    _nt_xent_chunked(zt, tau, chunk, reduction).backward()
     return _np(zt.grad)
 
 

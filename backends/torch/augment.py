@@ -44,6 +44,8 @@ import torch.nn.functional as F
 
 from simclr_xb.augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewParams
 from simclr_xb.config import AugmentConfig
+from simclr_xb.recipe import GRAY_WEIGHTS as RECIPE_GRAY_WEIGHTS
+from simclr_xb.recipe import check_recipe, interpolation_matrix
 
 from .convert import images_to_torch, torch_dtype
 
@@ -163,7 +165,7 @@ def bilinear_taps(start: np.ndarray, length: np.ndarray, size: int):
 
 def resized_crop(x: torch.Tensor, crop: np.ndarray, size: int, dtype: str | torch.dtype = "float32",
                  flip: np.ndarray | None = None, source: np.ndarray | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, recipe: str = "torchvision") -> torch.Tensor:
     """Crop view n's box ``crop[n] = (top, left, height, width)`` of image ``source[n]`` and
     resize it to (size, size), bilinear with half-pixel centres; optionally mirror it.
 
@@ -175,8 +177,10 @@ def resized_crop(x: torch.Tensor, crop: np.ndarray, size: int, dtype: str | torc
     Rows y0/y1 of each box are gathered (index_select over the flattened (B*C*H, W) source,
     before any float cast), blended with (1 - fy, fy), then columns x0/x1 are gathered and
     blended with (1 - fx, fx). Mirroring the output equals reversing the column taps, so the
-    flip costs nothing.
+    flip costs nothing. "tf2": TF's bicubic (:func:`_bicubic_crop`), not clamped.
     """
+    if check_recipe(recipe) == "tf2":
+        return _bicubic_crop(x, crop, size, dtype, flip, source, out)
     B, C, H, W = x.shape
     crop = np.asarray(crop)
     N = crop.shape[0]
@@ -209,6 +213,30 @@ def resized_crop(x: torch.Tensor, crop: np.ndarray, size: int, dtype: str | torc
     return out.clamp_(0.0, 1.0)
 
 
+def _bicubic_crop(x: torch.Tensor, crop: np.ndarray, size: int, dtype, flip, source, out) -> torch.Tensor:
+    """TF bicubic crop-and-resize (half-pixel, Keys a = -0.5, table weights, renormalised edge
+    taps: :func:`simclr_xb.recipe.bicubic_taps`) as out[n, c] = My[n] @ X[source[n], c] @ Mx[n]^T
+    with per-view (size, H) and (size, W) interpolation matrices built on the host (zero
+    outside the box); the flip reverses the rows of Mx. Not clamped (data_util.py clips later)."""
+    B, C, H, W = x.shape
+    crop = np.asarray(crop)
+    src = np.arange(crop.shape[0]) if source is None else np.asarray(source, dtype=np.int64)
+    dt = torch_dtype(dtype)
+    my = interpolation_matrix(crop[:, 0], crop[:, 2], size, H)
+    mx_ = interpolation_matrix(crop[:, 1], crop[:, 3], size, W)
+    if flip is not None and np.any(flip):
+        f = np.asarray(flip, dtype=bool)
+        mx_[f] = mx_[f, ::-1]
+    scale = 1.0 if x.is_floating_point() else 1.0 / 255.0
+    my_t = torch.from_numpy(my * scale).to(x.device, dt)[:, None]  # (N, 1, S, H)
+    mx_t = torch.from_numpy(np.ascontiguousarray(mx_.transpose(0, 2, 1))).to(x.device, dt)[:, None]
+    xs = x.index_select(0, torch.from_numpy(src).to(x.device)).to(dt)  # (N, C, H, W)
+    res = torch.matmul(torch.matmul(my_t, xs), mx_t)  # (N, C, S, S)
+    if out is None:
+        return res
+    return out.copy_(res)
+
+
 def hflip(x: torch.Tensor, flip: np.ndarray) -> torch.Tensor:
     """Mirror the width axis of the views where ``flip`` (N,) is True. (N, C, H, W)."""
     idx, idx_t = _index(flip, x.device)
@@ -224,10 +252,12 @@ def hflip(x: torch.Tensor, flip: np.ndarray) -> torch.Tensor:
 # existing buffer is several times faster than one allocating its result.
 
 
-def rgb_to_gray(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W): 0.299 R + 0.587 G + 0.114 B (into ``out`` if given)."""
-    g = torch.mul(x[:, 0:1], GRAY_WEIGHTS[0], out=out)
-    return g.add_(x[:, 1:2], alpha=GRAY_WEIGHTS[1]).add_(x[:, 2:3], alpha=GRAY_WEIGHTS[2])
+def rgb_to_gray(x: torch.Tensor, out: torch.Tensor | None = None, recipe: str = "torchvision") -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W): 0.299 R + 0.587 G + 0.114 B (into ``out`` if given);
+    "tf2": 0.2989 / 0.5870 / 0.1140 (tf.image.rgb_to_grayscale)."""
+    wts = RECIPE_GRAY_WEIGHTS[check_recipe(recipe)]
+    g = torch.mul(x[:, 0:1], wts[0], out=out)
+    return g.add_(x[:, 1:2], alpha=wts[1]).add_(x[:, 2:3], alpha=wts[2])
 
 
 def _plane(x: torch.Tensor, name: str, channels: int = 1) -> torch.Tensor:
@@ -252,6 +282,20 @@ def _saturation_(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return x.mul_(t).add_(gray).clamp_(0.0, 1.0)
 
 
+def _contrast_tf2_(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """x <- clamp(c x + (1 - c) mean_c(x)) with each channel's own mean (tf.image.adjust_contrast)."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return x.mul_(c).add_((1 - c) * mean).clamp_(0.0, 1.0)
+
+
+def _saturation_tf2_(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x <- HSV saturation scaled by t (n, 1, 1, 1) and clipped to [0, 1], H and V kept
+    (tf.image.adjust_saturation): the chroma C = V S becomes V clip(S t, 0, 1) = min(V, C t)."""
+    v, c, h = _hue6(x)
+    c = torch.minimum(c.mul_(t), v)
+    return _from_hue6_(x, v, c, h)
+
+
 # Hue (in sixths of a turn) at which each channel (R, G, B) sits at its minimum V - C.
 _HUE_MIN_AT = (3.0, 5.0, 1.0)
 
@@ -273,6 +317,13 @@ def _hue_(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     Masks come from torch.eq into a float buffer and x mod 6 is x - 6 floor(x / 6): several
     times faster than torch.where / torch.remainder on the CPU.
     """
+    v, c, h = _hue6(x)
+    h.add_(d, alpha=6.0)
+    return _from_hue6_(x, v, c, h)
+
+
+def _hue6(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(V, C, hue in sixths, not yet reduced mod 6) of x, in scratch planes (see :func:`_hue_`)."""
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     v = torch.maximum(r, g, out=_plane(x, "hue_v"))
     torch.maximum(v, b, out=v)
@@ -285,7 +336,13 @@ def _hue_(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     t = torch.sub(b, r, out=_plane(x, "hue_tmp")).add_(c, alpha=2.0)  # V == G
     h.lerp_(t, m_g)
     h.lerp_(torch.sub(g, b, out=t), m_r)  # V == R wins ties
-    h.div_(torch.clamp_min(c, torch.finfo(x.dtype).tiny, out=t)).add_(d, alpha=6.0)  # C = 0: 0 / tiny
+    h.div_(torch.clamp_min(c, torch.finfo(x.dtype).tiny, out=t))  # C = 0: 0 / tiny
+    return v, c, h
+
+
+def _from_hue6_(x: torch.Tensor, v: torch.Tensor, c: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """x <- the RGB of value V, chroma C and hue h (sixths, any real), clamped (see :func:`_hue_`)."""
+    t = _plane(x, "hue_tmp")
     h.sub_(torch.mul(h, 1.0 / 6.0, out=t).floor_(), alpha=6.0)  # mod 6, in [0, 6)
     w = torch.add(v, c, out=v)
     centres = torch.tensor(_HUE_MIN_AT, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -298,14 +355,17 @@ def adjust_brightness(x: torch.Tensor, factor) -> torch.Tensor:
     return _brightness_(x.clone(), _per_view(factor, x))
 
 
-def adjust_contrast(x: torch.Tensor, factor) -> torch.Tensor:
-    """c x + (1 - c) mean(gray(x)) per view (mean over the whole grey image). Clamped."""
-    return _contrast_(x.clone(), _per_view(factor, x))
+def adjust_contrast(x: torch.Tensor, factor, recipe: str = "torchvision") -> torch.Tensor:
+    """c x + (1 - c) mean(gray(x)) per view (mean over the whole grey image); "tf2": each
+    channel's own mean. Clamped."""
+    op = _contrast_tf2_ if check_recipe(recipe) == "tf2" else _contrast_
+    return op(x.clone(), _per_view(factor, x))
 
 
-def adjust_saturation(x: torch.Tensor, factor) -> torch.Tensor:
-    """t x + (1 - t) gray(x) per view. Clamped."""
-    return _saturation_(x.clone(), _per_view(factor, x))
+def adjust_saturation(x: torch.Tensor, factor, recipe: str = "torchvision") -> torch.Tensor:
+    """t x + (1 - t) gray(x) per view; "tf2": HSV S * t clipped, H and V kept. Clamped."""
+    op = _saturation_tf2_ if check_recipe(recipe) == "tf2" else _saturation_
+    return op(x.clone(), _per_view(factor, x))
 
 
 def adjust_hue(x: torch.Tensor, delta) -> torch.Tensor:
@@ -315,10 +375,11 @@ def adjust_hue(x: torch.Tensor, delta) -> torch.Tensor:
 
 
 _JITTER_OPS = (_brightness_, _contrast_, _saturation_, _hue_)  # indexed by BRIGHTNESS..HUE
+_JITTER_OPS_TF2 = (_brightness_, _contrast_tf2_, _saturation_tf2_, _hue_)  # augment.recipe "tf2"
 assert (BRIGHTNESS, CONTRAST, SATURATION, HUE) == (0, 1, 2, 3)
 
 
-def color_jitter_(x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+def color_jitter_(x: torch.Tensor, params: ViewParams, recipe: str = "torchvision") -> torch.Tensor:
     """In place: the four jitter ops in each view's own order on the views where
     ``params.jitter``; others are untouched. x: (N, 3, H, W).
 
@@ -329,6 +390,7 @@ def color_jitter_(x: torch.Tensor, params: ViewParams) -> torch.Tensor:
     copies, and positions run in order so each view sees its own order.
     """
     jit = np.flatnonzero(np.asarray(params.jitter, dtype=bool))
+    ops_table = _JITTER_OPS_TF2 if check_recipe(recipe) == "tf2" else _JITTER_OPS
     if jit.size == 0:
         return x
     order = np.asarray(params.jitter_order)[jit]  # (m, 4)
@@ -357,28 +419,28 @@ def color_jitter_(x: torch.Tensor, params: ViewParams) -> torch.Tensor:
         for op in range(4):
             a, b = bounds[p][op], bounds[p][op + 1]
             if b > a:
-                _JITTER_OPS[op](xj[a:b], fac[p, a:b])
+                ops_table[op](xj[a:b], fac[p, a:b])
     return x.index_copy_(0, idx[4 * m:], xj)
 
 
-def color_jitter(x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, params: ViewParams, recipe: str = "torchvision") -> torch.Tensor:
     """Out-of-place :func:`color_jitter_`."""
-    return color_jitter_(x.clone(), params)
+    return color_jitter_(x.clone(), params, recipe)
 
 
-def grayscale_(x: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+def grayscale_(x: torch.Tensor, mask: np.ndarray, recipe: str = "torchvision") -> torch.Tensor:
     """In place: replace the views where ``mask`` (N,) with their grey image on 3 channels."""
     idx, idx_t = _index(mask, x.device)
     if idx.size:
         sel = torch.index_select(x, 0, idx_t, out=_scratch("gray_in", (idx.size,) + tuple(x.shape[1:]),
                                                            x.dtype, x.device))
-        g = rgb_to_gray(sel, out=_plane(sel, "gray"))
+        g = rgb_to_gray(sel, out=_plane(sel, "gray"), recipe=recipe)
         x.index_copy_(0, idx_t, g.expand(-1, x.shape[1], -1, -1))
     return x
 
 
-def grayscale(x: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
-    return grayscale_(x.clone(), mask)
+def grayscale(x: torch.Tensor, mask: np.ndarray, recipe: str = "torchvision") -> torch.Tensor:
+    return grayscale_(x.clone(), mask, recipe)
 
 
 # --------------------------------------------------------------------------- blur
@@ -393,9 +455,10 @@ def gaussian_kernel1d(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 def gaussian_blur_(x: torch.Tensor, sigma: np.ndarray, mask: np.ndarray, kernel_size: int,
-                   workers: int = 1) -> torch.Tensor:
+                   workers: int = 1, recipe: str = "torchvision") -> torch.Tensor:
     """In place: separable Gaussian blur with view n's own sigma, reflect padding (as
-    torchvision), on the views where ``mask`` (N,). x: (N, C, H, W); needs kernel_size // 2 < H, W.
+    torchvision; "tf2": zero padding, the 'SAME' depthwise convolution of data_util.py), on
+    the views where ``mask`` (N,). x: (N, C, H, W); reflect needs kernel_size // 2 < H, W.
 
     A group of selected views becomes one (1, n*C, H, W) image and each pass is a grouped conv
     with one 1-D kernel per (view, channel): rows (1 x k) then columns (k x 1). On the CPU the
@@ -407,7 +470,8 @@ def gaussian_blur_(x: torch.Tensor, sigma: np.ndarray, mask: np.ndarray, kernel_
         return x
     n_all, C, H, W = idx.size, x.shape[1], x.shape[2], x.shape[3]
     r = kernel_size // 2
-    if r >= min(H, W):
+    pad_mode = "constant" if check_recipe(recipe) == "tf2" else "reflect"
+    if r >= min(H, W) and pad_mode == "reflect":
         raise ValueError(f"gaussian_blur kernel_size {kernel_size} needs images larger than "
                          f"{r} pixels for reflect padding, got {H}x{W}")
     idx_all = torch.from_numpy(idx.astype(np.int64)).to(x.device)
@@ -423,7 +487,7 @@ def gaussian_blur_(x: torch.Tensor, sigma: np.ndarray, mask: np.ndarray, kernel_
         k = k_all[a * C:(a + n) * C]
         # channels last: oneDNN's depthwise convolution is ~2x faster on it (measured on the CPU)
         xs = x.index_select(0, idx_t).view(1, n * C, H, W).contiguous(memory_format=fmt)
-        xs = F.pad(xs, (r, r, r, r), mode="reflect")
+        xs = F.pad(xs, (r, r, r, r), mode=pad_mode)
         rows = F.conv2d(xs, k.view(n * C, 1, 1, kernel_size), groups=n * C)  # (1, nC, H+2r, W)
         out = F.conv2d(rows, k.view(n * C, 1, kernel_size, 1), groups=n * C)  # (1, nC, H, W)
         x.index_copy_(0, idx_t, out.view(1, n, C, H, W)[0].clamp_(0.0, 1.0))
@@ -432,8 +496,9 @@ def gaussian_blur_(x: torch.Tensor, sigma: np.ndarray, mask: np.ndarray, kernel_
     return x
 
 
-def gaussian_blur(x: torch.Tensor, sigma: np.ndarray, mask: np.ndarray, kernel_size: int) -> torch.Tensor:
-    return gaussian_blur_(x.clone(), sigma, mask, kernel_size)
+def gaussian_blur(x: torch.Tensor, sigma: np.ndarray, mask: np.ndarray, kernel_size: int,
+                  recipe: str = "torchvision") -> torch.Tensor:
+    return gaussian_blur_(x.clone(), sigma, mask, kernel_size, recipe=recipe)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -445,7 +510,8 @@ def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype: str | torc
     """The whole view pipeline: uint8 NHWC images (B, H, W, 3) (tensor or numpy) -> float
     NCHW views (N, 3, S, S) in [0, 1], S = cfg.image_size, on the images' device (or ``device``).
 
-    crop+resize (+ flip, fused) -> colour jitter -> grayscale -> blur (SimCLR appendix A).
+    crop+resize (+ flip, fused) -> colour jitter -> grayscale -> blur (SimCLR appendix A),
+    each op as ``cfg.recipe`` says ("tf2" clamps once after grayscale: its resize does not).
     ``source`` (N,) maps view n to image ``source[n]`` (default: view n <- image n), so the two
     views of a batch are made in one call without copying the images. ``out`` (optional) is
     a contiguous (N, 3, S, S) tensor to write into (the Trainer reuses one across steps).
@@ -476,11 +542,41 @@ def augment(images_u8, params: ViewParams, cfg: AugmentConfig, dtype: str | torc
     if cpu and workers > 1:  # at least one chunk per worker
         step = max(1, min(step, -(-n // workers)))
 
+    recipe = cfg.recipe
+
     def views(a: int) -> None:  # crop, jitter and grayscale of one cache-sized chunk
         p = params[a:a + step]
-        x = resized_crop(src, p.crop, S, dt, flip=p.flip, source=source[a:a + step], out=out[a:a + step])
-        color_jitter_(x, p)
-        grayscale_(x, p.grayscale)
+        x = resized_crop(src, p.crop, S, dt, flip=p.flip, source=source[a:a + step], out=out[a:a + step],
+                         recipe=recipe)
+        color_jitter_(x, p, recipe)
+        grayscale_(x, p.grayscale, recipe)
+        if recipe == "tf2":
+            x.clamp_(0.0, 1.0)
 
     _run_chunks(views, [(a,) for a in range(0, n, step)], workers)
-    return gaussian_blur_(out, params.blur_sigma, params.blur, cfg.blur_kernel_size, workers)
+    return gaussian_blur_(out, params.blur_sigma, params.blur, cfg.blur_kernel_size, workers, recipe=recipe)
+
+
+def full_boxes(params: ViewParams, size: int) -> ViewParams:
+    """``params`` with every crop box replaced by the whole (size x size) view."""
+    import dataclasses
+    return dataclasses.replace(params, crop=np.tile(np.array([[0, 0, size, size]], np.int64), (len(params), 1)))
+
+
+def augment_cropped(views_u8, params: ViewParams, cfg: AugmentConfig, dtype: str | torch.dtype = "float32",
+                    device: str | torch.device | None = None, out: torch.Tensor | None = None,
+                    workers: int | None = None) -> torch.Tensor:
+    """The view pipeline after the crop: uint8 NHWC views (N, S, S, 3) that the data workers
+    already cut from the original images and resized to S = cfg.image_size (simclr_xb.data.stream)
+    -> float NCHW (N, 3, S, S): flip, colour jitter, grayscale and blur from ``params`` (the
+    same sampled parameters; ``params.crop`` is the box in source pixels, already applied).
+
+    This is :func:`augment` with each box replaced by the whole S x S view: a resize to the
+    same size samples every pixel at its own centre with weight 0 on the neighbour, so the
+    crop step is an exact copy and the flip stays fused into it."""
+    S = cfg.image_size
+    shape = tuple(views_u8.shape)
+    if len(shape) != 4 or shape[1:3] != (S, S) or shape[0] != len(params):
+        raise ValueError(f"augment_cropped expects {len(params)} uint8 views ({len(params)}, {S}, {S}, 3), "
+                         f"got shape {shape}")
+    return augment(views_u8, full_boxes(params, S), cfg, dtype, device=device, out=out, workers=workers)

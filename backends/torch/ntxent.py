@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from simclr_xb.config import loss_scale
+
 
 def positive_index(n2: int, device=None) -> torch.Tensor:
     """Index of each row's positive in the [view1; view2] layout: (i + N) mod 2N, (2N,)."""
@@ -28,8 +30,9 @@ def safe_norm(z: torch.Tensor) -> torch.Tensor:
     return (z * z).sum(dim=1, keepdim=True).clamp_min(NORM_EPS ** 2).sqrt()
 
 
-def nt_xent(z: torch.Tensor, tau: float) -> torch.Tensor:
+def nt_xent(z: torch.Tensor, tau: float, reduction: str = "mean") -> torch.Tensor:
     """NT-Xent loss of z (2N, d) at temperature ``tau`` -> scalar tensor (differentiable).
+    ``reduction`` "mean" (eq. 1) or "tf2" (the official objective.py: 2x eq. 1).
 
     No loop over the batch: one (2N, 2N) similarity matrix, the diagonal (self-similarity)
     masked with -inf before a row-wise logsumexp (stable in float32 too), and the positive
@@ -46,7 +49,7 @@ def nt_xent(z: torch.Tensor, tau: float) -> torch.Tensor:
     s = s.masked_fill(self_mask, float("-inf"))
     lse = torch.logsumexp(s, dim=1)
     pos = s.gather(1, positive_index(n2, z.device)[:, None])[:, 0]
-    return (lse - pos).mean()
+    return (lse - pos).mean() * loss_scale(reduction)
 
 
 # --------------------------------------------------------------------------- chunked
@@ -111,7 +114,7 @@ class _ChunkedNTXent(torch.autograd.Function):
         return dz * grad_out, None, None
 
 
-def nt_xent_chunked(z: torch.Tensor, tau: float, chunk: int) -> torch.Tensor:
+def nt_xent_chunked(z: torch.Tensor, tau: float, chunk: int, reduction: str = "mean") -> torch.Tensor:
     """NT-Xent of z (2N, d) computed ``chunk`` rows at a time -> scalar tensor.
 
     Same value and gradient as :func:`nt_xent` (the exact formula, summed in another order);
@@ -123,4 +126,6 @@ def nt_xent_chunked(z: torch.Tensor, tau: float, chunk: int) -> torch.Tensor:
         raise ValueError(f"nt_xent temperature tau must be > 0, got {tau!r}")
     if z.ndim != 2 or z.shape[0] < 2 or z.shape[0] % 2:
         raise ValueError(f"nt_xent expects z of shape (2N, d) with N >= 1, got {tuple(z.shape)}")
-    return _ChunkedNTXent.apply(z, float(tau), _check_chunk(chunk))
+    scale = loss_scale(reduction)
+    loss = _ChunkedNTXent.apply(z, float(tau), _check_chunk(chunk))
+    return loss * scale if scale != 1.0 else loss

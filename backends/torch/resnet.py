@@ -9,9 +9,10 @@ B.9: 3x3 stride-1 first conv, no max-pool). Module attribute names are torchvisi
 the global average pool of the last stage, (N, feature_dim).
 
 Weights are not initialised here: :class:`simclr_xb.backends.torch.step.SimCLRModel` loads
-:func:`simclr_xb.resnet_spec.init_weights` (Kaiming fan-out convs, BN gamma 1 / beta 0, and
-``zero_init_residual``: each block's last BN gamma 0, Goyal et al. 2017), the same numbers as
-the MLX backend for the same seed.
+:func:`simclr_xb.resnet_spec.init_weights` (convs by ``model.init``: Kaiming fan-out, or "tf" =
+the official resnet.py's VarianceScaling fan-in truncated normal; BN gamma 1 / beta 0, and
+``zero_init_residual``: each block's last BN gamma 0, Goyal et al. 2017, always on in the
+official code), drawn once in numpy from the seed: the same numbers as the MLX backend.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ from simclr_xb.config import Config, ModelConfig
 from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import ParamSpec, check_weights, feature_dim, init_weights, model_specs
 
-from .augment import augment
+from .augment import augment, augment_cropped
 from .convert import resolve_device, to_tensor, weights_to_numpy, weights_to_torch
 from .head import ProjectionHead
 from .lars import LARS
@@ -199,8 +199,9 @@ class Trainer:
         self.optimizer = LARS(self.model.named_parameters(), excluded, lr=0.0, momentum=o.momentum,
                               weight_decay=o.weight_decay, eta=o.eta, nesterov=o.nesterov)
         # Swap point for distributed training: z (2N_local, d) -> scalar loss.
-        self.loss_fn = partial(nt_xent, tau=cfg.loss.temperature) if cfg.loss.chunk is None else \
-            partial(nt_xent_chunked, tau=cfg.loss.temperature, chunk=cfg.loss.chunk)  # memory O(N)
+        red = cfg.loss.reduction  # "mean" (eq. 1) or "tf2" (2x, the official objective.py)
+        self.loss_fn = partial(nt_xent, tau=cfg.loss.temperature, reduction=red) if cfg.loss.chunk is None else \
+            partial(nt_xent_chunked, tau=cfg.loss.temperature, chunk=cfg.loss.chunk, reduction=red)  # memory O(N)
         if self._dp is not None:  # global negatives: NT-Xent over every rank's z
             self.loss_fn = self._dp.global_loss(self.loss_fn)
         self._view_buf: torch.Tensor | None = None
@@ -220,7 +221,7 @@ class Trainer:
         return torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self.amp_dtype is not None)
 
     def _views(self, images: torch.Tensor, params: ViewParams, source: np.ndarray | None,
-               reuse: bool = False) -> torch.Tensor:
+               reuse: bool = False, cropped: bool = False) -> torch.Tensor:
         """Augmented views (n, 3, S, S). ``reuse``: write into a buffer kept across training
         steps (on the CPU a fresh multi-MB tensor costs page faults every step; by the next
         step the previous graph, which saved the views, is gone)."""
@@ -230,7 +231,10 @@ class Trainer:
             if self._view_buf is None or tuple(self._view_buf.shape) != shape:
                 self._view_buf = torch.empty(shape, dtype=self.dtype, device=self._device)
             out = self._view_buf
-        x = augment(images, params, self.cfg.augment, self.dtype, source=source, out=out)
+        if cropped:  # views already cut and resized by the data workers
+            x = augment_cropped(images, params, self.cfg.augment, self.dtype, out=out)
+        else:
+            x = augment(images, params, self.cfg.augment, self.dtype, source=source, out=out)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _forward(self, x: torch.Tensor):
@@ -253,7 +257,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
     def train_step(self, images_u8, labels, p1: ViewParams, p2: ViewParams, lr: float, *,
-                   skip_nonfinite: bool = False) -> dict[str, float]:
+                   skip_nonfinite: bool = False, cropped: bool = False) -> dict[str, float]:
         """One SimCLR step on a batch of N uint8 NHWC images (numpy or tensor) and the two
         views' parameters; ``labels`` (N,) int or None. Returns {"loss"[, "probe_loss",
         "probe_acc"]} (see the module docstring).
@@ -261,16 +265,23 @@ class Trainer:
         ``skip_nonfinite``: check the total loss and every gradient BEFORE the optimizer step;
         if any is NaN/Inf, take no step, put the BN running statistics and
         num_batches_tracked back to their values before the forward (momenta are untouched)
-        and return {"loss": nan, "skipped": True}. Costs one extra device sync per step."""
+        and return {"loss": nan, "skipped": True}. Costs one extra device sync per step.
+
+        ``cropped``: ``images_u8`` are the 2N views (2N, S, S, 3) the data workers already cut
+        from the original images, [view 1 of every image; view 2 of every image]
+        (simclr_xb.data.StreamLoader); ``p1``/``p2`` supply flip, jitter, grayscale, blur."""
         n, H, W = self._check_images(images_u8)
+        if cropped:
+            n //= 2
         for name, p in (("p1", p1), ("p2", p2)):
             if len(p) != n:
                 raise ValueError(f"{name} has {len(p)} views for {n} images")
-            p.validate((H, W))
+            if not cropped:
+                p.validate((H, W))
         images = to_tensor(images_u8, self._device)
         source = np.concatenate([np.arange(n), np.arange(n)])
         with torch.no_grad():
-            x = self._views(images, ViewParams.concat([p1, p2]), source, reuse=True)
+            x = self._views(images, ViewParams.concat([p1, p2]), source, reuse=True, cropped=cropped)
         # BN buffers before the forward (small), to undo a skipped step's statistics update.
         buffers = [b.clone() for b in self.model.buffers()] if skip_nonfinite else None
         self.model.train()

@@ -104,22 +104,26 @@ def _torch_pass(images, params, cfg: AugmentConfig, batch: int):
     return run
 
 
-def _mlx_pass(images, params, cfg: AugmentConfig, batch: int):
+def _mlx_pass(images, params, cfg: AugmentConfig, batch: int, device: str = "cpu"):
     import mlx.core as mx
 
     from simclr_xb.backends.mlx.augment import augment
+    from simclr_xb.backends.mlx.convert import device_for
+    dev = device_for("float32", device)
 
     def run():
-        for i, (p1, p2) in enumerate(params):
-            chunk = images[i * batch:(i + 1) * batch]
-            both = np.concatenate([chunk, chunk])
-            mx.eval(augment(both, ViewParams.concat([p1, p2]), cfg))
+        with mx.stream(dev):
+            for i, (p1, p2) in enumerate(params):
+                chunk = images[i * batch:(i + 1) * batch]
+                both = np.concatenate([chunk, chunk])
+                mx.eval(augment(both, ViewParams.concat([p1, p2]), cfg))
     return run
 
 
 def run(size: str = "full", repeats: int | None = None, workers: int | None = None,
         backends: tuple[str, ...] = ("torch", "mlx"), settings: tuple[str, ...] | None = None,
-        log=print, **_) -> Report:
+        device: str = "cpu", log=print, **_) -> Report:
+    """``device``: the MLX pipeline's device ("cpu" | "gpu"); torch and Pillow run on the CPU."""
     import torch
 
     repeats = repeats or (2 if size == "tiny" else 5)
@@ -164,7 +168,7 @@ def run(size: str = "full", repeats: int | None = None, workers: int | None = No
                                       note=f"torch {best['threads']} thread(s) vs {workers} Pillow workers, "
                                            "same run, same cores"))
             else:
-                t = measure(_mlx_pass(images, params, cfg, batch), repeats=repeats, warmup=1)
+                t = measure(_mlx_pass(images, params, cfg, batch, device), repeats=repeats, warmup=1)
                 r = {**common, "pipeline": "mlx-batched", "threads": None, **t.to_dict(), **rate(views, t),
                      "vs_pillow_dataloader": views / t.median / base}
                 rows.append(r)
@@ -174,5 +178,6 @@ def run(size: str = "full", repeats: int | None = None, workers: int | None = No
                     "settings": {k: dict(zip(("size", "source", "strength", "blur_p", "images", "batch"), v))
                                  for k, v in SETTINGS[size].items()},
                     "unit": "augmented views per second (2 views per image), float32 NCHW delivered",
-                    "torch_threads": torch.get_num_threads(), "skipped": skipped}
+                    "torch_threads": torch.get_num_threads(), "skipped": skipped,
+                    "device": {"torch": "cpu", "pillow": "cpu", "mlx": device}}
     return Report("augment", settings_out, rows, targets)

@@ -1,6 +1,7 @@
 """NT-Xent benchmark: time and peak memory of loss + gradient against the batch size N, for
 the exact NT-Xent (one (2N, 2N) similarity matrix) and the chunked one (``chunk`` rows at a
-time, :func:`nt_xent_chunked` in each backend), torch and MLX, on the CPU.
+time, :func:`nt_xent_chunked` in each backend), torch on the CPU, MLX on ``device`` (the CPU
+by default; ``--device gpu`` on a Mac).
 
 Time: median of ``repeats`` runs of value + backward in this process (z of shape (2N, 128),
 float32, the projection width of the paper). Peak memory: one FRESH subprocess per
@@ -34,12 +35,19 @@ TINY_CHUNK = 5
 
 
 def _vm_hwm() -> int:
-    """Peak resident set size of this process in bytes (Linux /proc/self/status VmHWM)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("VmHWM not found in /proc/self/status")
+    """Peak resident set size of this process in bytes: ``VmHWM`` of /proc/self/status on
+    Linux; elsewhere (macOS has no /proc) ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, which
+    macOS gives in bytes and Linux in KiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
 def _z(n: int, seed: int = 0) -> np.ndarray:
@@ -59,8 +67,10 @@ def _torch_loss_and_grad(method: str, chunk: int):
     return run
 
 
-def _mlx_loss_and_grad(method: str, chunk: int):
+def _mlx_loss_and_grad(method: str, chunk: int, device: str = "cpu"):
     import mlx.core as mx
+
+    from simclr_xb.backends.mlx.convert import device_for
 
     from simclr_xb.backends.mlx.ntxent import nt_xent, nt_xent_chunked_value_and_grad
 
@@ -69,17 +79,20 @@ def _mlx_loss_and_grad(method: str, chunk: int):
     vg = (mx.value_and_grad(lambda z: nt_xent(z, TAU)) if method == "exact"
           else (lambda z: nt_xent_chunked_value_and_grad(z, TAU, chunk)))
 
+    dev = device_for("float32", device)
+
     def run(z_np):
-        loss, g = vg(mx.array(z_np))
-        mx.eval(loss, g)
+        with mx.stream(dev):
+            loss, g = vg(mx.array(z_np))
+            mx.eval(loss, g)
         return loss.item(), g
     return run
 
 
-def child(backend: str, method: str, n: int, chunk: int) -> dict:
+def child(backend: str, method: str, n: int, chunk: int, device: str = "cpu") -> dict:
     """One peak-memory measurement (run in a fresh process by :func:`peak_memory`)."""
-    make = _torch_loss_and_grad if backend == "torch" else _mlx_loss_and_grad
-    run = make(method, chunk)
+    run = (_torch_loss_and_grad(method, chunk) if backend == "torch"
+           else _mlx_loss_and_grad(method, chunk, device))
     run(_z(4))  # warm-up on a tiny input: one-time library allocations happen here
     z = _z(n)
     out = {"backend": backend, "method": method, "n": n, "chunk": chunk if method == "chunked" else None}
@@ -97,10 +110,10 @@ def child(backend: str, method: str, n: int, chunk: int) -> dict:
     return out
 
 
-def peak_memory(backend: str, method: str, n: int, chunk: int) -> dict:
+def peak_memory(backend: str, method: str, n: int, chunk: int, device: str = "cpu") -> dict:
     """Run :func:`child` in a fresh interpreter and return its result."""
     code = ("import json, sys; from simclr_xb.bench.ntxent import child; "
-            f"print('RESULT ' + json.dumps(child({backend!r}, {method!r}, {n}, {chunk})))")
+            f"print('RESULT ' + json.dumps(child({backend!r}, {method!r}, {n}, {chunk}, {device!r})))")
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=1800)
@@ -113,8 +126,9 @@ def peak_memory(backend: str, method: str, n: int, chunk: int) -> dict:
 
 def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeats: int | None = None,
         chunk: int | None = None, sizes: tuple[int, ...] | None = None, memory: str | bool | None = None,
-        log=print, **_) -> Report:
-    """``memory``: "all" sizes (full default), True = the largest size only (tiny default), False."""
+        device: str = "cpu", log=print, **_) -> Report:
+    """``memory``: "all" sizes (full default), True = the largest size only (tiny default), False.
+    ``device``: the MLX device ("cpu" | "gpu"); torch runs on the CPU."""
 
     sizes = tuple(sizes or SIZES[size])
     chunk = chunk or (TINY_CHUNK if size == "tiny" else CHUNK)
@@ -122,18 +136,18 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
     memory = ("all" if size == "full" else True) if memory is None else memory
     rows, skipped = [], {}
     for backend in installed(backends, skipped):
-        make = _torch_loss_and_grad if backend == "torch" else _mlx_loss_and_grad
         for n in sizes:
             z = _z(n)
             for method in ("exact", "chunked"):
-                fn = make(method, chunk)
+                fn = (_torch_loss_and_grad(method, chunk) if backend == "torch"
+                      else _mlx_loss_and_grad(method, chunk, device))
                 loss, _ = fn(z)
                 t = measure(lambda: fn(z), repeats=repeats, warmup=0)
                 row = {"backend": backend, "method": method, "n": n, "views": 2 * n, "dim": DIM,
                        "chunk": chunk if method == "chunked" else None, "loss": loss,
                        "matrix_mb": 4 * (2 * n) ** 2 / 2 ** 20, **t.to_dict(), **rate(2 * n, t)}
                 if memory == "all" or (memory and n == max(sizes)):
-                    m = peak_memory(backend, method, n, chunk)
+                    m = peak_memory(backend, method, n, chunk, device if backend == "mlx" else "cpu")
                     row.update(peak_mb=m["peak_bytes"] / 2 ** 20,
                                vmhwm_delta_mb=m["vmhwm_delta_bytes"] / 2 ** 20)
                     if "mlx_peak_bytes" in m:
@@ -156,7 +170,8 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
         targets.append(Target(f"{backend}: |exact - chunked| loss at N={n_max}", diff, 1e-4,
                               lower_is_better=True, note="float32, same z"))
     settings = {"size": size, "backends": list(backends), "sizes": list(sizes), "dim": DIM, "tau": TAU,
-                "chunk": chunk, "repeats": repeats, "dtype": "float32", "device": "cpu",
+                "chunk": chunk, "repeats": repeats, "dtype": "float32",
+                "device": {"torch": "cpu", "mlx": device},
                 "timed": "value + gradient", "memory": memory,
                 "torch_threads": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None,
                 "skipped": skipped}

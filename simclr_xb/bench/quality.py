@@ -58,6 +58,7 @@ def _resumable(run_dir: Path, cfg) -> Path | None:
     for old in run_dir.glob("*.h5"):
         old.unlink()
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / "run.json").unlink(missing_ok=True)  # the folder's run identity (simclr_xb.outputs)
     return None
 
 
@@ -68,10 +69,10 @@ def _scores(res: dict) -> dict:
 
 def run(size: str = "full", backend: str = "torch", datasets: list[str] | None = None,
         work_dir: str | Path = "runs/bench-quality", precision: str | None = None, seed: int = 0,
-        plot_path: str | Path | None = None, log=print, **_) -> Report:
+        plot_path: str | Path | None = None, device: str | None = None, log=print, **_) -> Report:
     """Train, evaluate the checkpoints and the baselines; returns the report (rows: one per
     (dataset, features, epoch)). ``precision`` defaults to bfloat16 autocast on torch
-    (float32 on mlx, which has no bf16 step)."""
+    (float32 on mlx: its bf16 step is untested on Metal and slow on the CPU)."""
     from simclr_xb.checkpoint import load_checkpoint
     from simclr_xb.data import load_dataset
     from simclr_xb.evaluate import evaluate
@@ -99,7 +100,7 @@ def run(size: str = "full", backend: str = "torch", datasets: list[str] | None =
         log(f"quality: pre-training on {spec} for {budget['epochs']} epochs ({spe} steps each)"
             + (f", resuming {run_dir}" if resume else "") + " ...")
         t0 = time.perf_counter()
-        res = train(cfg, run_dir, backend=backend, resume=resume, show_progress=False,
+        res = train(cfg, run_dir, backend=backend, resume=resume, show_progress=False, device=device,
                     dataset=train_ds, log=lambda m: None)
         train_s = time.perf_counter() - t0
         if res.stopped == "signal":

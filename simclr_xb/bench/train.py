@@ -144,17 +144,19 @@ def _model_step(tr, batches, params, views_attr: str, x):
     return model
 
 
-def _mlx_rows(arch: str, model, aug, batch: int, images, steps: int, repeats: int, log, precisions=()) -> list[dict]:
+def _mlx_rows(arch: str, model, aug, batch: int, images, steps: int, repeats: int, log, precisions=(),
+              device: str = "cpu") -> list[dict]:
     import mlx.core as mx
 
     from simclr_xb.backends.mlx.api import Trainer
     cfg = _config(model, aug, batch, "float32", False)
-    tr = Trainer(cfg, None, device="cpu")
+    tr = Trainer(cfg, None, device=device)
     batches, params = _batches(images, cfg)
 
     p1, p2 = params(0)
     x = tr.augment_pair(batches[0], p1, p2)
-    mx.eval(x)
+    with mx.stream(tr._dev):
+        mx.eval(x)
     t = _time_interleaved({"e2e": _e2e_step(tr, batches, params),
                            "model": _model_step(tr, batches, params, "augment_pair", x)}, steps, repeats)
     return _pair_rows(arch, "mlx", "float32", cfg, t["e2e"], t["model"], log)
@@ -240,7 +242,9 @@ def _usual_row(arch: str, model, aug, batch: int, images, steps: int, repeats: i
 
 def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeats: int | None = None,
         steps: int | None = None, archs: tuple[str, ...] | None = None, workers: int | None = None,
-        usual: bool = True, precisions: tuple[str, ...] | None = None, log=print, **_) -> Report:
+        usual: bool = True, precisions: tuple[str, ...] | None = None, device: str = "cpu", log=print,
+        **_) -> Report:
+    """``device``: the MLX trainer's device ("cpu" | "gpu"); torch runs on the CPU."""
     import torch
 
 
@@ -255,8 +259,10 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
             continue
         images = source_images(max(4 * batch, 64), side)
         for backend in installed(backends, skipped):
-            fn = _torch_rows if backend == "torch" else _mlx_rows
-            rows += fn(arch, model, aug, batch, images, steps, repeats, log, precisions)
+            if backend == "torch":
+                rows += _torch_rows(arch, model, aug, batch, images, steps, repeats, log, precisions)
+            else:
+                rows += _mlx_rows(arch, model, aug, batch, images, steps, repeats, log, precisions, device)
         if usual and "torch" in backends and arch == USUAL_ARCH[size] and "torch" not in skipped:
             best = max((r for r in rows if r["arch"] == arch and r["mode"] == "e2e" and r["backend"] == "torch"),
                        key=lambda r: r["images_per_s"])["precision"]
@@ -273,7 +279,8 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
                               note=f"{u['vs_best_images_per_s']:.1f} vs {u['images_per_s']:.1f} img/s"))
     settings = {"size": size, "backends": list(backends), "precisions": list(precisions),
                 "repeats": repeats, "steps_per_run": steps,
-                "workers": workers, "torch_threads": torch.get_num_threads(), "device": "cpu",
+                "workers": workers, "torch_threads": torch.get_num_threads(),
+                "device": {"torch": "cpu", "mlx": device},
                 "archs": {a: {"model": dataclasses.asdict(m), "augment": dataclasses.asdict(g), "batch": b,
                               "source_side": s, "flops_per_image": model_flops(m, g.image_size)}
                           for a, (m, g, b, s) in ARCHS[size].items() if not archs or a in archs},

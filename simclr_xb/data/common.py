@@ -54,7 +54,8 @@ class Dataset:
 
 def check_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], where: str) -> None:
     """Raise DataError unless images are uint8 (N, H, W, 3) and labels int64 (N,) in range."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
+    if not (isinstance(images, np.ndarray) or getattr(images, "lazy", False)) \
+            or images.dtype != np.uint8 or images.ndim != 4 \
             or images.shape[-1] != 3:
         got = f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
         raise DataError(f"{where}: images must be uint8 (N, H, W, 3), got {got}")

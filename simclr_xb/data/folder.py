@@ -6,7 +6,8 @@ error that says so. Classes are the subfolder names (over both splits, so labels
 between them) that hold at least one image, sorted; files are read in sorted order.
 
 Images (``.png .jpg .jpeg .bmp .gif .webp``, any case; the first frame of an animation) are
-converted to RGB (grey repeated, alpha dropped), resized so the shorter side is
+converted to RGB by :func:`simclr_xb.data.pixels.to_rgb_uint8` (grey repeated, 16-bit scaled
+to 8-bit, alpha composited on black, unconvertible modes refused naming the file), resized so the shorter side is
 ``image_size`` (Pillow bilinear, antialiased when shrinking), then centre-cropped to
 ``image_size`` x ``image_size``. Default ``image_size``: :data:`DEFAULT_IMAGE_SIZE` = 32, the
 size of the project's tiny preset and of CIFAR.
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .common import DataError, Dataset, fit_square
+from .pixels import to_rgb_uint8
 
 DEFAULT_IMAGE_SIZE = 32
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -35,13 +37,10 @@ def _is_image(p: Path) -> bool:
 
 
 def split_folders(path: Path) -> dict[str, Path]:
-    """{"train": folder, "test": folder} if PATH/train exists, else {"train": PATH}."""
-    if (path / "train").is_dir():
-        out = {"train": path / "train"}
-        if (path / "test").is_dir():
-            out["test"] = path / "test"
-        return out
-    return {"train": path}
+    """{"train": folder, "test": folder} if PATH/train exists (the evaluation split is PATH/val,
+    else PATH/test: ImageNet's layout), else {"train": PATH}."""
+    from .index import split_dirs
+    return split_dirs(path)
 
 
 def _class_dirs(folder: Path) -> dict[str, list[Path]]:
@@ -55,8 +54,9 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """One file -> uint8 (size, size, 3): RGB, shorter side resized to ``size``, centre crop."""
     with Image.open(path) as im:
         im.seek(0)
-        im = im.convert("RGB")
-    return np.asarray(fit_square(im, size), dtype=np.uint8)
+        im.load()
+        rgb = to_rgb_uint8(im, str(path))
+    return np.asarray(fit_square(Image.fromarray(rgb), size), dtype=np.uint8)
 
 
 def load_folder(path: str | os.PathLike, split: str = "train", image_size: int | None = None,
@@ -86,6 +86,11 @@ def load_folder(path: str | os.PathLike, split: str = "train", image_size: int |
     for f, label in files:
         try:
             images.append(decode_image(f, size))
+        except DataError:  # to_rgb_uint8's refusal already names the file
+            if not skip_bad_images:
+                raise
+            bad.append(f)
+            continue
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             if not skip_bad_images:
                 raise DataError(f"cannot decode image {f}: {e} (pass skip_bad_images=True, CLI "

@@ -51,17 +51,94 @@ def file_splits(f: h5py.File) -> dict[str, str]:
     return {}
 
 
+MAX_UNNAMED_CLASSES = 100_000  # labels without a 'classes' attribute: names "0".."max label"
+
+
 def _array(f: h5py.File, path: str, file: Path) -> np.ndarray:
     if path not in f:
         raise DataError(f"HDF5 file {file} has no dataset {path}")
     ds = f[path]
     if not isinstance(ds, h5py.Dataset):
         raise DataError(f"HDF5 file {file}: {path} is a group, expected a dataset")
+    _measure(ds, path, file)
     return ds[()]
 
 
-def load_hdf5(path: str | os.PathLike, split: str = "train", name: str | None = None) -> Dataset:
+def _measure(ds, path: str, file: Path) -> None:
+    """Shape and dtype from the dataset's header, checked before a byte is read: images uint8
+    (N, H, W[, 1 or 3]) with H, W >= 1, labels integers (N,), the size within the memory budget."""
+    from ..inputs import InputTooLarge, check_allocation
+    try:
+        _measure_checked(ds, path, file, check_allocation)
+    except InputTooLarge as e:
+        raise DataError(str(e)) from None
+
+
+def _measure_checked(ds, path: str, file: Path, check_allocation) -> None:
+    shape, dtype = tuple(int(d) for d in ds.shape), ds.dtype
+    if path.endswith("images"):
+        ok = dtype == np.uint8 and (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3)))
+        if not ok or any(d < 1 for d in shape[1:3]):
+            raise DataError(f"HDF5 file {file}: dataset {path} is {dtype} {shape}, expected uint8 "
+                            f"(N, H, W, 3) or (N, H, W) with H, W >= 1")
+        # grey images are repeated to 3 channels: count the RGB copy too
+        extra = 3 * int(np.prod(shape[:3], dtype=object)) if len(shape) == 3 or shape[-1] == 1 else 0
+        check_allocation(int(np.prod(shape, dtype=object)) + extra, f"HDF5 file {file} dataset {path} {shape}")
+    else:
+        if len(shape) != 1 or dtype.kind not in "iu":
+            raise DataError(f"HDF5 file {file}: dataset {path} is {dtype} {shape}, expected integers (N,)")
+        check_allocation(shape[0] * 8 * 2, f"HDF5 file {file} dataset {path} {shape}")
+
+
+# Image arrays larger than this are read lazily, by index (HDF5 chunks), never whole.
+HDF5_IN_MEMORY_MAX = int(os.environ.get("SIMCLR_XB_HDF5_IN_MEMORY_MAX", 2 << 30))
+
+
+class LazyH5Images:
+    """An HDF5 image dataset read by index: ``a[idx]`` (int array, slice or int) reads only
+    those images (sorted, unique, then put back in the requested order) and returns uint8
+    NHWC RGB. Opens the file on first use in each process; ``shape``/``dtype`` as numpy's."""
+
+    lazy = True
+
+    def __init__(self, path: Path, dataset: str, shape: tuple, dtype):
+        self.path, self.dataset = Path(path), dataset
+        self.shape = tuple(shape[:3]) + (3,)
+        self.dtype = np.dtype(dtype)
+        self.ndim = 4
+        self._f = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_f": None}
+
+    def _ds(self):
+        if self._f is None:
+            self._f = h5py.File(self.path, "r")
+        return self._f[self.dataset]
+
+    def __getitem__(self, index) -> np.ndarray:
+        ds = self._ds()
+        if isinstance(index, (slice, int, np.integer)):
+            return np.ascontiguousarray(to_rgb(np.atleast_1d(ds[index]) if not isinstance(index, slice)
+                                               else ds[index]))
+        idx = np.asarray(index, dtype=np.int64)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        try:
+            got = ds[uniq] if uniq.size else np.zeros((0,) + ds.shape[1:], ds.dtype)
+        except (OSError, ValueError) as e:
+            raise DataError(f"HDF5 file {self.path}: cannot read images of {self.dataset}: {e}") from None
+        return np.ascontiguousarray(to_rgb(got[inv.reshape(-1)]))
+
+
+def load_hdf5(path: str | os.PathLike, split: str = "train", name: str | None = None,
+              max_in_memory: int | None = None) -> Dataset:
+    """One split of an HDF5 file; an image array over ``max_in_memory`` bytes (default
+    :data:`HDF5_IN_MEMORY_MAX`) stays on disk as a :class:`LazyH5Images`."""
     path = Path(path)
+    limit = HDF5_IN_MEMORY_MAX if max_in_memory is None else int(max_in_memory)
     if not path.is_file():
         raise DataError(f"HDF5 file {path} does not exist")
     try:
@@ -76,7 +153,14 @@ def load_hdf5(path: str | os.PathLike, split: str = "train", name: str | None = 
                                                                   "the train split)" if splits.get("train") == "/" else ""))
             g = splits[split].rstrip("/")
             img_path, lbl_path = f"{g}/images", f"{g}/labels"
-            images = _array(f, img_path, path)
+            if img_path in f and isinstance(f[img_path], h5py.Dataset) and f[img_path].nbytes > limit:
+                d = f[img_path]
+                _measure_checked(d, img_path, path, lambda *_: None)  # shape only: read lazily
+                images = LazyH5Images(path, img_path, d.shape, d.dtype)
+                images_dtype, images_shape = d.dtype, d.shape
+            else:
+                images = _array(f, img_path, path)
+                images_dtype, images_shape = images.dtype, images.shape
             labels = _array(f, lbl_path, path)
             classes = _classes_attr(f[splits[split]].attrs, f"HDF5 file {path} group {splits[split]}") \
                 or _classes_attr(f.attrs, f"HDF5 file {path}")
@@ -84,8 +168,9 @@ def load_hdf5(path: str | os.PathLike, split: str = "train", name: str | None = 
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise DataError(f"HDF5 file {path} is unreadable (truncated or not HDF5?): {e}") from None
-    if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))):
-        raise DataError(f"HDF5 file {path}: dataset {img_path} is {images.dtype} {images.shape}, expected "
+    nd = len(images_shape)
+    if images_dtype != np.uint8 or not (nd == 3 or (nd == 4 and images_shape[-1] in (1, 3))):
+        raise DataError(f"HDF5 file {path}: dataset {img_path} is {images_dtype} {images_shape}, expected "
                         f"uint8 (N, H, W, 3) or (N, H, W)")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"HDF5 file {path}: dataset {lbl_path} is {labels.dtype} {labels.shape}, "
@@ -97,11 +182,17 @@ def load_hdf5(path: str | os.PathLike, split: str = "train", name: str | None = 
     if labels.size and labels.min() < 0:
         raise DataError(f"HDF5 file {path}: dataset {lbl_path} has negative labels")
     if classes is None:
+        if labels.size and int(labels.max()) >= MAX_UNNAMED_CLASSES:
+            raise DataError(f"HDF5 file {path}: dataset {lbl_path} has label {int(labels.max())} and the "
+                            f"file has no 'classes' attribute: without one at most "
+                            f"{MAX_UNNAMED_CLASSES} classes are taken (add the class names)")
         classes = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
     if labels.size and labels.max() >= len(classes):
         raise DataError(f"HDF5 file {path}: dataset {lbl_path} has label {labels.max()} but the "
                         f"'classes' attribute names only {len(classes)} classes")
-    return Dataset(images=np.ascontiguousarray(to_rgb(images)), labels=labels, classes=classes,
+    if not getattr(images, "lazy", False):
+        images = np.ascontiguousarray(to_rgb(images))
+    return Dataset(images=images, labels=labels, classes=classes,
                    name=name or f"hdf5:{path}", split=split, source=str(path))
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +38,33 @@ def file_names(split: str) -> tuple[str, str]:
     return f"{p}-images-idx3-ubyte.gz", f"{p}-labels-idx1-ubyte.gz"
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, magic: int) -> bytes:
+    """The (inflated) bytes of an IDX file, measured before trusted: the header is read first,
+    the size it declares is checked against the memory budget, and at most one byte more than
+    it declares is ever read (a small .gz that inflates to gigabytes stops there)."""
+    from ..inputs import GZIP_ERRORS, check_allocation
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
     try:
         with open(path, "rb") as f:
-            head = f.read(2)
+            gz = f.read(2) == b"\x1f\x8b"
             f.seek(0)
-            if head == b"\x1f\x8b":
-                with gzip.GzipFile(fileobj=f) as g:
-                    return g.read()
-            return f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            src = gzip.GzipFile(fileobj=f) if gz else f
+            try:
+                head = src.read(header)
+                if len(head) < header or int.from_bytes(head[:4], "big") != magic:
+                    return head  # read_idx names the short header or the wrong magic
+                dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+                need = 1
+                for d in dims:
+                    need *= d  # Python ints: no overflow
+                check_allocation(need, f"IDX file {path} (dims {dims})")
+                body = src.read(need + 1)
+                return head + body
+            finally:
+                if gz:
+                    src.close()
+    except GZIP_ERRORS as e:
         raise DataError(f"IDX file {path} is a truncated or corrupt gzip file: {e}") from None
     except OSError as e:
         raise DataError(f"cannot read IDX file {path}: {e.strerror or e}") from None
@@ -57,7 +73,7 @@ def _read_bytes(path: Path) -> bytes:
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     """Read one uint8 IDX file and check its magic number and length -> array of its dims."""
     path = Path(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, magic)
     if len(data) < 4:
         raise DataError(f"IDX file {path} is truncated: {len(data)} bytes, shorter than the header")
     got = int.from_bytes(data[:4], "big")
@@ -69,10 +85,12 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"IDX file {path} is truncated: {len(data)} bytes, the header alone is {header}")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    want = header + int(np.prod(dims, dtype=np.int64))
+    want = header + int(np.prod(dims, dtype=object))
     if len(data) != want:
-        kind = "truncated" if len(data) < want else "longer than its header says"
-        raise DataError(f"IDX file {path} is {kind}: dims {dims} need {want} bytes, got {len(data)}")
+        if len(data) < want:
+            raise DataError(f"IDX file {path} is truncated: dims {dims} need {want} bytes, got {len(data)}")
+        raise DataError(f"IDX file {path} is longer than its header says: dims {dims} need {want} "
+                        f"bytes, got more")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
