@@ -1,18 +1,28 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - venv + install, then pre-train on the built-in `shapes` dataset and print the accuracy
 #   make test   - venv + install, then run the test suite (what CI runs)
-PYTHON ?= python3
+# A Python >= 3.11 (pyproject's requires-python): the first of python3.13, python3.12, python3.11
+# and python3 that is new enough (a fresh Mac's python3 is Apple's 3.9). Override: make PYTHON=...
+PY_OK  := import sys; sys.exit(sys.version_info < (3, 11))
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(firstword $(foreach p,python3.13 python3.12 python3.11 python3,$(shell command -v $(p) >/dev/null 2>&1 && $(p) -c '$(PY_OK)' 2>/dev/null && echo $(p))))
+endif
+PY_MISSING = simclr-xb needs Python >= 3.11 ($(or $(PYTHON),none of python3.13 python3.12 python3.11 python3 is)): install one (macOS: brew install python@3.12, or python.org) or run make PYTHON=/path/to/python3.12
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is pinned first: a bare `torch` requirement would download a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-# MLX's Linux CPU wheel links a slow reference BLAS; Debian's OpenBLAS makes it ~8x faster.
-OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r0.3.21.so
-RUNENV := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS),)
+# MLX's Linux CPU wheel links a slow reference BLAS; Debian's OpenBLAS (libopenblas0-pthread,
+# any release) makes it several times faster. `simclr-xb` preloads it by itself (simclr_xb/blas.py);
+# the test run preloads it here when installed. `make test OPENBLAS=` runs without it; the tests
+# pass either way (CI runs the BLAS-sensitive ones both ways: .ci/run).
+OPENBLAS ?= $(lastword $(sort $(wildcard /usr/lib/*-linux-gnu/openblas-pthread/libopenblasp-r*.so)))
+RUNENV := $(if $(and $(OPENBLAS),$(wildcard $(OPENBLAS))),LD_PRELOAD=$(OPENBLAS),)
 
 .PHONY: install demo test conformance conformance-tf2 clean
 
 $(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" && $(PYTHON) -c '$(PY_OK)' 2>/dev/null || { echo "$(PY_MISSING)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"

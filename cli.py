@@ -103,7 +103,6 @@ def config_options(f):
     return f
 
 
-ISSUES_URL = "https://github.com/simclr-xb/simclr-xb/issues"
 DEBUG_ENV = "SIMCLR_XB_DEBUG"
 
 
@@ -153,8 +152,8 @@ class _ErrorBoundary(click.Group):
             else:
                 hint = f"rerun with --debug (simclr-xb --debug ...) or {DEBUG_ENV}=1 for the traceback"
             raise UserError(f"internal error ({type(e).__name__}: {_one_line(e, 200)}); this is a bug "
-                            f"in simclr-xb: {hint}, and report it with the command line at "
-                            f"{ISSUES_URL}") from e
+                            f"in simclr-xb {__version__}: {hint}, and report it to the project's issue "
+                            f"tracker with the command line and that traceback") from e
 
 
 @click.group(cls=_ErrorBoundary, context_settings={"help_option_names": ["-h", "--help"]})
@@ -592,7 +591,7 @@ def data_show(spec, root):
 
 @data.command("pack")
 @click.argument("src")
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
 @click.option("--root", default=None, help="Folder to read SRC from.")
 @click.option("--format", "fmt", type=click.Choice(["hdf5", "wds"]), default="hdf5", show_default=True,
               help="hdf5: one file of decoded arrays; wds: WebDataset tar shards (OUT is a folder) of "
@@ -813,7 +812,7 @@ def _bench_device(device: str) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["augment", "train", "ntxent", "quality", "all"]))
+@click.argument("suite", type=click.Choice(["augment", "train", "ntxent", "quality", "data", "all"]))
 @click.option("--size", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
               help="tiny: every suite in seconds, written under runs/bench-tiny (a smoke test; its "
                    "timings mean nothing).")
@@ -833,7 +832,9 @@ def _bench_device(device: str) -> str:
 @click.option("--device", default=None,
               help="MLX device: cpu (default) or gpu (Metal, on a Mac); torch stays on the CPU. "
                    "Recorded in each JSON.")
-def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir, device):
+@click.option("--files", "n_files", type=int, default=None,
+              help="data: JPEG files in the generated folder (default 20000; tiny 120).")
+def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir, device, n_files):
     """Benchmarks, written as JSON (benchmarks/README.md summarises them).
 
     \b
@@ -841,6 +842,7 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     train    end-to-end images/s and GFLOP/s vs the model-only ceiling and the usual loop
     ntxent   NT-Xent time and peak memory vs batch size, exact and chunked
     quality  linear-probe and kNN accuracy vs epochs (shapes, Fashion-MNIST) with baselines
+    data     CPU-ms per image pair: streaming JPEG folder path vs the usual per-image one
     all      the four, one after another
     Measure on an idle machine (the load average is recorded). On Linux, MLX wants
     LD_PRELOAD of OpenBLAS (see the Makefile).
@@ -863,12 +865,22 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     tiny = size == "tiny"
     out_dir = out_dir or ("runs/bench-tiny" if tiny else "benchmarks/results")
     plot_path = plot_path or ("runs/bench-tiny/quality.png" if tiny else "benchmarks/quality.png")
+    data_dir = work_dir  # data: where the generated JPEG folder goes (default runs/bench-data-N)
     work_dir = work_dir or ("runs/bench-tiny/quality" if tiny else "runs/bench-quality")
+    from simclr_xb.outputs import check_output_dir, check_output_file
+    try:  # before any measurement
+        check_output_dir(out_dir)
+        check_output_dir(work_dir, "--work-dir")
+        check_output_file(plot_path, "--plot")
+    except ValueError as e:
+        raise UserError(str(e)) from e
     argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else [suite]
     for name in (SUITES if suite == "all" else (suite,)):
         opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \
             else {"backends": tuple(names), "repeats": repeats}
-        if device is not None:
+        if name == "data":
+            opts = {"work_dir": data_dir, "n_files": n_files, "repeats": repeats}
+        elif device is not None:
             opts["device"] = _bench_device(device)
         command = "simclr-xb bench " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))
         try:
@@ -879,6 +891,9 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
         load = data["load_avg"]
         click.echo(f"{name}: wrote {path} (load average {load['before']} -> {load['after']}, "
                    f"{data['wall_s']:.0f} s)")
+        if load.get("flagged"):
+            click.echo(f"{name}: FLAGGED, other jobs on the cores ({'; '.join(load['reasons'])}): "
+                       f"do not report these figures", err=True)
         if data["targets"]:
             click.echo(format_targets(data["targets"]))
 

@@ -201,9 +201,11 @@ def _layer_cases() -> list[Case]:
     return cases
 
 
-# Shapes at which Metal swaps in a Winograd kernel for 3x3 stride-1 convolutions (many
-# channels, many output pixels): C = O = 128 and N*H*W = 4 * 32 * 32 = 4096. Every other case
-# uses width 0.125 (at most 64 channels), which never reaches it.
+# Shapes at which Metal swaps in a Winograd kernel for 3x3 stride-1 convolutions: MLX's
+# mlx/backend/metal/conv.cpp takes winograd_conv_2D_gpu for a 3x3, stride-1, undilated,
+# unflipped conv with C % 32 == 0, O % 32 == 0, C + O >= 256 and N*H*W >= 4096 (the input
+# pixels). Here C = O = 128 and N*H*W = 4 * 32 * 32 = 4096: just at the threshold. Every other
+# case uses width 0.125 (at most 64 channels), which never reaches it.
 R18_W05 = replace(R18, width=0.5)  # layer3.1: a basic block 128 -> 128, stride 1
 
 
@@ -296,7 +298,16 @@ TINY = Config(model=R18, augment=AugmentConfig(image_size=16, strength=0.5, blur
               train=TrainConfig(batch_size=4, precision="float32"))
 
 
-def _step_args(rng, dt, k):
+# The multi-step cases' rates: 1/5 of the single step's. A ReLU input within float32 noise of 0
+# (~1e-6; about one per few steps at this size) flips sign between float32 and float64 and
+# changes a gradient by a finite amount; BN parameters take that as lr * g (LARS trust 1) and
+# every later step amplifies it. At lr 0.1 that took float32 trajectories 5e-3 .. 6e-2 away from
+# the oracle in 5 steps; at 0.02 ~2e-4, while a 1% gradient error still moves them 4e-2.
+# Measurements: docs/float32.md (scripts/float32_study.py).
+MULTI_STEP_LRS = (0.02, 0.016, 0.012, 0.008, 0.004)
+
+
+def _step_args(rng, dt, k, lrs=(0.1, 0.08, 0.06, 0.04, 0.02)):
     images = _images_u8(rng, 4, 20, 20)
     w = _cast_weights(init_weights(TINY.model, seed=3), dt)
     momenta = {s.name: np.zeros(s.shape, dt) for s in model_specs(TINY.model) if s.trainable}
@@ -306,8 +317,7 @@ def _step_args(rng, dt, k):
     # of their size (~1% relative error, in every implementation), and BN parameters take plain
     # SGD steps (LARS trust 1), so float32 trajectories separate by a factor ~3 per step at
     # lr 0.6. Bugs in momentum or ordering still show plainly in float64 (tolerance 1e-10).
-    lrs = [0.1, 0.08, 0.06, 0.04, 0.02][:k]
-    return w, momenta, images, views, lrs, TINY
+    return w, momenta, images, views, list(lrs[:k]), TINY
 
 
 def k_train_steps(call, weights, momenta, images, views, lrs, cfg):
@@ -322,8 +332,8 @@ def k_train_steps(call, weights, momenta, images, views, lrs, cfg):
 def _step_cases() -> list[Case]:
     return [Case("train_step.1", k_train_steps, lambda r, dt: _step_args(r, dt, 1),
                  "augment both views, one forward over 2N, NT-Xent, backward, LARS"),
-            Case("train_step.5", k_train_steps, lambda r, dt: _step_args(r, dt, 5),
-                 "five consecutive steps from identical weights and view parameters"),
+            Case("train_step.5", k_train_steps, lambda r, dt: _step_args(r, dt, 5, MULTI_STEP_LRS),
+                 "five consecutive steps from identical weights and view parameters (lr 0.02 .. 0.004)"),
             Case("train_step.1.chunked_loss", k_train_steps, _chunked_step_args,
                  "loss.chunk = 3 (blocks of 3 rows of the 8 views) against the exact oracle step")]
 
@@ -444,15 +454,15 @@ def _jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _worker_views(data: bytes, boxes, size: int, draft: bool) -> np.ndarray:
+def _worker_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
     """The data workers' decode + crop + resize (simclr_xb.data.decode.crop_views) -> [0, 1]."""
     from simclr_xb.data.decode import crop_views
     out = np.empty((len(boxes), size, size, 3), np.uint8)
-    crop_views(data, boxes, size, out, "case", draft=draft)
+    crop_views(data, boxes, size, out, "case", resample=resample, draft=draft)
     return out / 255.0
 
 
-def _oracle_views(data: bytes, boxes, size: int, draft: bool) -> np.ndarray:
+def _oracle_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
     """The oracle's crop-and-resize of the fully decoded image (no draft mode)."""
     import io
 
@@ -461,7 +471,7 @@ def _oracle_views(data: bytes, boxes, size: int, draft: bool) -> np.ndarray:
     from simclr_xb import reference
     with Image.open(io.BytesIO(data)) as im:
         img = np.asarray(im.convert("RGB"))
-    return reference.crop_resize_antialias(img, boxes, size)
+    return reference.crop_resize_antialias(img, boxes, size, resample)
 
 
 def _decode_args(rng, dt, draft: bool):
@@ -481,6 +491,10 @@ def _data_cases() -> list[Case]:
                  kind="core", impls=impls, dtypes=("float64",)),
             Case("data.decode_crop_resize.draft", None, lambda r, dt: _decode_args(r, dt, True),
                  "the same with JPEG draft mode (DCT-scaled decode) for boxes >= 4x the view",
+                 kind="core", impls=impls, dtypes=("float64",)),
+            Case("data.decode_crop_resize.bicubic", None,
+                 lambda r, dt: _decode_args(r, dt, False) + ("bicubic",),
+                 "the antialiased bicubic resize the workers use for augment.recipe = tf2",
                  kind="core", impls=impls, dtypes=("float64",))]
 
 

@@ -45,13 +45,17 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "of each entry, so small entries fail a per-entry 1e-5. Measured max abs 3.8e-5 torch, "
         "5.1e-5 mlx vs the oracle, 4.6e-5 torch vs mlx (at an entry of 0.53); oracle "
         "sensitivity 1.1e-5. atol 1e-4 is 1e-6 of max |h|. float64 passes at 1e-10."))},
-    "train_step.5": {"float32": Tolerance(8e-2, 1e-5, (
-        "5 consecutive steps: the stem BN gradient sums 2N*H*W terms that cancel to ~1e-3 of "
-        "their size (~1% relative float32 error in every implementation) and BN parameters take "
-        "plain SGD steps, so float32 trajectories separate: measured max abs 2.2e-2 torch, "
-        "2.3e-2 mlx vs the oracle, 2.1e-3 torch vs mlx when set; 4.5e-4 torch, 2.3e-2 mlx, "
-        "2.3e-2 torch vs mlx after the NT-Xent epsilon change; oracle sensitivity 4.7e-3. The same "
-        "case in float64 passes at 1e-10 (measured 7e-12)."))},
+    "train_step.5": {"float32": Tolerance(1e-3, 1e-5, (
+        "5 consecutive steps at lr 0.02 .. 0.004 (cases.MULTI_STEP_LRS). Depends on BLAS/device "
+        "rounding: a ReLU input within float32 noise of 0 (smallest oracle margin 5.5e-7, at "
+        "step 5) flips sign in float32 and changes BN gradients by a finite amount. Measured "
+        "2026-12-01 (torch 2.13, mlx 0.32.4, CPU), with and without OpenBLAS: max abs 2.2e-4 "
+        "torch, 2.2e-4 mlx vs the oracle, 1.7e-5 torch vs mlx; the oracle's own spread over 20 "
+        "float32-rounded starts and over 20 runs with float32-rounded conv/BN outputs: max 2.2e-4. "
+        "Teeth (tests/test_conformance.py): a 1% error in d(encoder.bn1.weight) moves it 5.2e-2, "
+        "BN backward with the unbiased variance 1.5e-1, running_var biased 3.6e-2. Before "
+        "(lr 0.1 .. 0.02, atol 8e-2): 4.6e-4 torch, 5.9e-2 mlx, oracle spread 2.2e-2. "
+        "docs/float32.md. The same case in float64 passes at 1e-10."))},
     # The data workers' decode + crop + resize (uint8 views / 255) against the float64 oracle
     # reference.crop_resize_antialias on the fully decoded image (Pillow 13.0, libjpeg-turbo
     # 6.2, 2026-12-01; measured over case seeds 0-5).
@@ -59,6 +63,10 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "Pillow's 8-bit resampler rounds to uint8 after the horizontal pass and at the end, and "
         "quantises its coefficients: measured max 1.00 level (mean 0.27 levels) over seeds 0-5; "
         "atol is one uint8 level"))},
+    "data.decode_crop_resize.bicubic": {"float64": Tolerance(1.5 / 255, 0.0, (
+        "as data.decode_crop_resize, and Pillow clips the cubic's overshoot to [0, 255] after the "
+        "horizontal pass where the oracle clips once at the end: measured max 1.01 levels at seed "
+        "0 (1.01-1.07 over seeds 0-5, mean 0.27); atol 1.5 levels"))},
     "data.decode_crop_resize.draft": {"float64": Tolerance(10.0 / 255, 0.0, (
         "JPEG draft mode decodes at 1/2 scale with the DCT (not the triangle filter), which "
         "differs at hard edges: measured max 5.6 levels at seed 0 (3.4-8.9 over seeds 0-5, mean "

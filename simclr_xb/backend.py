@@ -33,6 +33,10 @@ Module-level functions of ``api`` (``dtype`` is "float32" or "float64"; outputs 
   train_step(weights, momenta, images_u8, p1, p2, lr, cfg: Config, dtype)
       -> (loss, weights, momenta)        # one full SimCLR step, no probe
 
+The MLX api functions also take ``device`` ("cpu" | "gpu" | None = the GPU when there is one)
+after these arguments; float64 always runs on MLX's CPU stream. Conformance runs MLX as two
+implementations, "mlx-cpu" and "mlx-gpu" (simclr_xb.conformance.runner).
+
 The training loop (:mod:`simclr_xb.train`) uses one more object, ``api.Trainer``:
 
   Trainer(cfg: Config, num_classes: int | None, device: str | None = None, dist=None)
@@ -42,6 +46,9 @@ The training loop (:mod:`simclr_xb.train`) uses one more object, ``api.Trainer``
       # keys loss[, probe_loss, probe_acc] (floats; probe keys only with a probe and labels);
       # skip_nonfinite: if the loss or a gradient is NaN/Inf, take no step, restore the BN
       # buffers and return {"loss": nan, "skipped": True}
+  .train_step_async(...same, keep_before=False) -> pending   # optional (MLX): .result() gives
+      # train_step's dict, .discard() undoes the step; the loop then reads each loss one step
+      # late (simclr_xb.pipeline)
   .state_dict() -> dict[str, np.ndarray]           # canonical weights + "momentum/<name>"
   .load_state_dict(state)                          # validates names and shapes
   .encode(images_u8, batch_size) -> np.ndarray     # eval-mode h of the identity view

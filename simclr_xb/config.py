@@ -345,6 +345,12 @@ LIMITS: dict[str, tuple[float, float]] = {
     "augment.crop_ratio": (1e-3, 1e3),
     "augment.crop_tries": (1, 1000),
     "augment.blur_sigma": (0, 1000),
+    "augment.crop_min_covered": (0, 1),
+    "augment.flip_p": (0, 1),
+    "augment.jitter_p": (0, 1),
+    "augment.gray_p": (0, 1),
+    "augment.blur_p": (0, 1),
+    "augment.strength": (0, 1.25),
     "loss.temperature": (1e-4, 1e4),
     "loss.chunk": (1, 2 ** 31 - 1),
     "optim.base_lr": (0, 1e4),
@@ -360,6 +366,10 @@ LIMITS: dict[str, tuple[float, float]] = {
     "train.log_every": (1, 2 ** 62),
     "train.max_steps": (1, 2 ** 62),
     "train.max_skips": (0, 2 ** 62),
+    "train.monitor_every": (0, 10 ** 6),
+    "train.monitor_train": (1, 10 ** 8),
+    "train.monitor_eval": (1, 10 ** 8),
+    "train.progress_every_s": (1e-3, 10 ** 6),
     "data.num_workers": (0, 1024),
 }
 
@@ -560,7 +570,9 @@ def _read_config_table(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} nests too deeply: expected [section] tables of "
                           f"field = value") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} holds a {type(data).__name__}, expected a table of "
+        kind = {"list": "list", "str": "text", "bool": "boolean", "NoneType": "null"}.get(
+            type(data).__name__, "number")
+        raise ConfigError(f"config file {path} holds a {kind}, expected a table of "
                           f"[section] tables (e.g. {{\"train\": {{\"epochs\": 10}}}})")
     for section, values in data.items():
         for key, v in (values.items() if isinstance(values, dict) else ()):

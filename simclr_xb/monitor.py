@@ -17,6 +17,11 @@ cannot change the trajectory (tests/test_monitor.py compares runs with it on and
 process and in two data-parallel ranks), and its value equals ``simclr-xb eval``'s kNN on a
 checkpoint of the same step and the same images.
 
+Checks come only at an epoch's last step and at the run's last step: there the MLX step
+pipeline (simclr_xb/pipeline.py) has no step in flight (it never launches ahead across an
+epoch's end or past the last step), so ``trainer.state_dict()`` is the state after that step
+(the MLX case of the eval-equality test checks it).
+
 Cost: one forward of ``monitor_train + monitor_eval`` images per check (the demo, 2000 +
 2000 images of 32 px: docs in README.md "Watching a run"). ``train.monitor_every = 0`` turns it
 off. Other ranks wait at the next step's collective while rank 0 checks.
@@ -47,6 +52,8 @@ class KnnMonitor:
         self.every = int(cfg.train.monitor_every)
         self.last: dict | None = None
         self._encoder = None
+        self.log = print
+        self.failed: str | None = None  # why a check failed; the monitor is then off
 
     @classmethod
     def for_run(cls, cfg, backend: str, device: str | None, dataset, steps_per_epoch: int,
@@ -55,7 +62,7 @@ class KnnMonitor:
         off (``train.monitor_every = 0``) or cannot run (no labels, no test split: logged)."""
         if cfg.train.monitor_every == 0:
             return None
-        from .data import load_dataset
+        from .data import open_dataset
         if getattr(dataset, "labels", None) is None or not getattr(dataset, "classes", None):
             log("kNN monitor off: the training data has no labels")
             return None
@@ -64,7 +71,7 @@ class KnnMonitor:
                 f"test split is unknown (data.name = {cfg.data.name!r})")
             return None
         try:
-            test = load_dataset(cfg.data.name, "test", root=cfg.data.root)
+            test = open_dataset(cfg.data.name, "test", root=cfg.data.root)
         except (OSError, ValueError) as e:
             log(f"kNN monitor off: no test split to score ({e}); set train.monitor_every=0 to "
                 f"silence this")
@@ -75,8 +82,14 @@ class KnnMonitor:
         seed, t = cfg.train.seed, cfg.train
         bi = sample_subset(seed, len(dataset.labels), t.monitor_train, "train")
         ei = sample_subset(seed, len(test.labels), t.monitor_eval, "test")
-        return cls(cfg, backend, device, dataset.images[bi], dataset.labels[bi], test.images[ei],
-                   test.labels[ei], len(dataset.classes), steps_per_epoch, end_step)
+        if getattr(dataset, "is_stream", False):  # folder:/wds: the subsets stay indexes, decoded per check
+            m = cls(cfg, backend, device, dataset.subset(bi), dataset.labels[bi], test.subset(ei),
+                    test.labels[ei], len(dataset.classes), steps_per_epoch, end_step)
+        else:
+            m = cls(cfg, backend, device, dataset.images[bi], dataset.labels[bi], test.images[ei],
+                    test.labels[ei], len(dataset.classes), steps_per_epoch, end_step)
+        m.log = log
+        return m
 
     def due(self, step: int) -> bool:
         epoch_end = step % self.spe == 0 and (step // self.spe) % self.every == 0
@@ -99,9 +112,9 @@ class KnnMonitor:
         t0 = time.perf_counter()
         enc = self._eval_trainer()
         enc.load_state_dict(encoder_weights(trainer.state_dict(), self.cfg.model))
-        bank = enc.encode(self.bank[0], batch_size=256)
-        test = enc.encode(self.test[0], batch_size=256)
-        r = knn_classify(bank, self.bank[1], test, self.test[1], k=KNN_K, temperature=KNN_T,
+        bank, bank_y = self._encode(enc, *self.bank)
+        test, test_y = self._encode(enc, *self.test)
+        r = knn_classify(bank, bank_y, test, test_y, k=KNN_K, temperature=KNN_T,
                          num_classes=self.num_classes)
         self.last = {"knn_top1": r["top1"], "knn_top5": r["top5"],
                      "knn_s": round(time.perf_counter() - t0, 3)}
@@ -109,8 +122,29 @@ class KnnMonitor:
             del self.last["knn_top5"]
         return dict(self.last)
 
+    def _encode(self, enc, images, labels):
+        """(h, labels): in-memory images as they are; a StreamDataset subset through its
+        evaluation views (simclr_xb.data.stream.encode_split)."""
+        if not getattr(images, "is_stream", False):
+            return enc.encode(images, batch_size=256), labels
+        from .data.stream import encode_split
+        from .train import stream_resample
+        d = self.cfg.data
+        return encode_split(enc, images, 256, self.cfg.augment.image_size, d.num_workers,
+                            stream_resample(self.cfg), d.skip_bad_images)
+
     def after_step(self, trainer, step: int) -> dict:
-        return self.check(trainer, step) if self.due(step) else {}
+        """:meth:`check` when due. A failing check (e.g. out of memory) never fails the run: it
+        is logged and the monitor stays off for the rest of the run."""
+        if self.failed is not None or not self.due(step):
+            return {}
+        try:
+            return self.check(trainer, step)
+        except Exception as e:  # noqa: BLE001 - a monitor must never stop training
+            self.failed = f"{type(e).__name__}: {e}"
+            self.log(f"warning: the kNN monitor failed at step {step} ({self.failed}); it is off for "
+                     f"the rest of the run")
+            return {}
 
     def shown(self) -> dict:
         """The progress line's field: the latest kNN top-1."""

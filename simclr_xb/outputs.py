@@ -45,7 +45,7 @@ def not_regular(path: str | os.PathLike) -> str | None:
     """None if ``path`` is absent or a regular file (a link to one included), else what it is."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent (also: under a regular file)
         return None
     except OSError as e:
         return f"unreadable ({e.strerror})"

@@ -9,8 +9,8 @@ For every global step s (0-based; the checkpoint after s steps stores ``step = s
     -> non-finite guard -> metrics.jsonl -> progress -> checkpoint every N steps and at the end
 
 The phases are named functions, in order: :func:`open_resume`, :func:`prepare_out_dir`,
-:func:`restore`, :func:`make_loader`, then :func:`run_steps` (:func:`step_or_skip`,
-:func:`log_step`, :func:`save` each step) and :func:`finish` (training.png, config.json).
+:func:`restore`, :func:`make_loader`, then :func:`run_steps` (the step through
+:func:`_step_pipeline`, then :func:`skip_or_stop`, :func:`log_step`, :func:`save`) and :func:`finish` (training.png, config.json).
 
 Because every random draw is a function of (seed, epoch, step, rank), a resumed run replays
 exactly the trajectory of an uninterrupted one. SIGINT/SIGTERM finish the current step, write a
@@ -52,6 +52,39 @@ from .monitor import KnnMonitor
 from .progress import MetricsLog, Progress
 from .resnet_spec import stage_sides
 from .schedules import LRSchedule
+
+
+def _step_pipeline(trainer, cfg, per_rank, hw, rank, spe, schedule, num_classes, end, dist, stop,
+                   stream=False):
+    """The loop's steps through :class:`.pipeline.StepPipeline`: with an MLX trainer each
+    loss is read one step late (the next step already launched), see :mod:`.pipeline`."""
+    from .pipeline import StepPipeline
+    skip = cfg.train.on_nonfinite == "skip"
+
+    def args(batch, step):
+        if stream:  # views already cut by the workers, from the boxes drawn for them
+            images, labels, (p1, p2) = batch.views, batch.labels, batch.params
+            kw = {"cropped": True}
+        else:
+            images, labels, kw = batch.images, batch.labels, {}
+            p1, p2 = sample_pair(cfg.augment, per_rank, hw, cfg.train.seed, step // spe, step, rank)
+        if skip:
+            kw["skip_nonfinite"] = True
+        return (images, labels if num_classes else None, p1, p2, schedule(step)), kw
+
+    def launch(batch, step, keep_before):
+        a, kw = args(batch, step)
+        return trainer.train_step_async(*a, keep_before=keep_before, **kw)
+
+    def run_sync(batch, step):
+        a, kw = args(batch, step)
+        return trainer.train_step(*a, **kw)
+
+    def may_launch(step):
+        return (step < end and step % cfg.train.checkpoint_every != 0 and dist is None
+                and stop.signum is None)
+
+    return StepPipeline(trainer, launch, run_sync, schedule, may_launch)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -350,27 +383,15 @@ class _Run:
 
 
 # ----------------------------------------------------------------------------- loop phases
-def step_or_skip(run: _Run, batch, epoch: int, schedule: LRSchedule, progress: Progress):
-    """One optimizer step on ``batch`` (or a skipped one); returns ``(metrics, lr, skipped)``.
-
-    A non-finite loss or gradient is skipped while ``train.on_nonfinite = "skip"`` allows it,
-    else it stops the run with :class:`NonFiniteLossError`."""
+def skip_or_stop(run: _Run, m: dict, lr: float, epoch: int, progress: Progress) -> bool:
+    """After step ``run.step`` ran (``m``: its metrics): False if it was finite; True if it was
+    skipped, while ``train.on_nonfinite = "skip"`` allows it; else the run stops with
+    :class:`NonFiniteLossError`."""
     cfg = run.cfg
-    if run.stream:  # views already cut by the workers, from the boxes drawn for them
-        images, labels, (p1, p2) = batch.views, batch.labels, batch.params
-        kw = {"cropped": True}
-    else:
-        images, labels, kw = batch.images, batch.labels, {}
-        p1, p2 = sample_pair(cfg.augment, run.per_rank, run.hw, cfg.train.seed, epoch, run.step, run.rank)
-    skip_mode = cfg.train.on_nonfinite == "skip"
-    if skip_mode:
-        kw["skip_nonfinite"] = True
-    lr = schedule(run.step)
-    m = run.trainer.train_step(images, labels if run.num_classes else None, p1, p2, lr, **kw)
     run.loss = float(m["loss"])
-    skipped = bool(m.get("skipped")) or not math.isfinite(run.loss)
-    if not skipped:
-        return m, lr, False
+    if not (bool(m.get("skipped")) or not math.isfinite(run.loss)):
+        return False
+    skip_mode = cfg.train.on_nonfinite == "skip"
     if skip_mode and run.skips < cfg.train.max_skips:
         run.skips += 1
         if run.is_main:
@@ -378,7 +399,7 @@ def step_or_skip(run: _Run, batch, epoch: int, schedule: LRSchedule, progress: P
             run.log(f"warning: non-finite loss or gradient at step {run.step} (epoch {epoch}); step "
                     f"skipped, model unchanged ({run.skips}/{cfg.train.max_skips} skips allowed by "
                     f"train.max_skips)")
-        return m, lr, True
+        return True
     what = (f"loss became {run.loss}" if not m.get("skipped") else
             "the loss or a gradient became non-finite")
     limit = (f" after {run.skips} skipped step(s) (train.max_skips = {cfg.train.max_skips})"
@@ -451,15 +472,16 @@ def stop_requested(run: _Run, stop: _StopFlag) -> bool:
 
 
 def run_steps(run: _Run, loader, schedule: LRSchedule, metrics, progress: Progress, monitor) -> None:
-    """The loop from ``run.step`` to ``run.end``: step-or-skip, log, save; a signal (on any rank)
-    ends it after the current step with a checkpoint."""
+    """The loop from ``run.step`` to ``run.end``: step (through :func:`_step_pipeline`), skip or
+    stop, log, save; a signal (on any rank) ends it after the current step with a checkpoint."""
     cfg, spe = run.cfg, run.spe
     with _StopFlag() as stop:
         epoch = run.step // spe
+        pipe = _step_pipeline(run.trainer, cfg, run.per_rank, run.hw, run.rank, spe, schedule,
+                              run.num_classes, run.end, run.dist, stop, run.stream)
         while run.step < run.end:
-            for batch in loader.epoch(epoch, start_step=run.step % spe):
-                t0 = time.perf_counter()
-                m, lr, skipped = step_or_skip(run, batch, epoch, schedule, progress)
+            for t0, lr, m in pipe.run(loader.epoch(epoch, start_step=run.step % spe), run.step):
+                skipped = skip_or_stop(run, m, lr, epoch, progress)
                 run.step += 1
                 run.recent = (run.recent + [time.perf_counter() - t0])[-20:]
                 if run.is_main:

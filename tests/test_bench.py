@@ -160,7 +160,7 @@ def test_bench_cli_rejects_bad_options(tmp_path):
     assert res.exit_code != 0 and "unknown backend 'jax'" in res.output
     res = CliRunner().invoke(main, ["bench", "nope"])
     assert res.exit_code != 0
-    assert SUITES == ("augment", "train", "ntxent", "quality")
+    assert SUITES == ("augment", "train", "ntxent", "quality", "data")
 
 
 # --------------------------------------------------------------------------- loss.chunk

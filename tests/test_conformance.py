@@ -10,6 +10,7 @@ import pytest
 from simclr_xb import reference
 from simclr_xb.backend import BACKENDS, BackendUnavailable, get_backend
 from simclr_xb.conformance.cases import all_cases
+from simclr_xb.conformance.faults import MULTI_STEP_CONTROLS
 from simclr_xb.conformance.runner import ORACLE, implementations, run, run_case
 
 INSTALLED = []
@@ -69,6 +70,39 @@ def test_negative_control_is_caught(fn_name, bad_fn, pattern):
     rows = [r for r in results if r.pair == f"torch~{ORACLE}"]
     assert rows, "the negative control ran no case"
     assert all(r.status == "FAIL" for r in rows), [(r.case, r.status, r.max_abs) for r in rows]
+
+
+MULTI_STEP_CASES = [c.name for c in all_cases() if c.name.startswith("train_step.")
+                    and c.name != "train_step.1" and not c.name.startswith("train_step.1.")]
+
+
+@pytest.mark.parametrize("label,fault", MULTI_STEP_CONTROLS, ids=[c[0] for c in MULTI_STEP_CONTROLS])
+def test_multi_step_float32_tolerance_catches_a_one_percent_bug(label, fault):
+    """Teeth of the float32 multi-step tolerances (conformance/tolerances.py): the oracle with
+    the fault (computed in float64, i.e. without any float32 noise of its own) must FAIL every
+    multi-step case at its float32 tolerance, by at least 5x (float32 implementations differ
+    from the oracle by up to 2.2e-4 there: docs/float32.md)."""
+    from simclr_xb.conformance.runner import _to64
+
+    def faulty(fn, *args, dtype):
+        with fault():
+            return getattr(reference, fn)(*_to64(args))
+
+    pattern = ",".join(MULTI_STEP_CASES)
+    rows = [r for r in run(["torch"], pattern, ("float32",), override={"torch": faulty})
+            if r.pair == f"torch~{ORACLE}"]
+    assert {r.case for r in rows} == set(MULTI_STEP_CASES)
+    assert all(r.status == "FAIL" and r.max_abs > 5 * r.atol for r in rows), \
+        [(r.case, r.status, r.max_abs, r.atol) for r in rows]
+
+
+def test_multi_step_float32_tolerances_are_tight():
+    """The issue's bar: every multi-step float32 tolerance <= 2e-3 (with its reason)."""
+    from simclr_xb.conformance.tolerances import tolerance_for
+    for name in MULTI_STEP_CASES:
+        tol = tolerance_for(name, "float32")
+        assert tol.atol <= 2e-3 and tol.rtol <= 1e-5, (name, tol)
+        assert "measured" in tol.reason.lower() or tol.reason.startswith("default"), name
 
 
 def test_every_issue_case_is_listed():

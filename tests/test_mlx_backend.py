@@ -627,8 +627,6 @@ def test_encode_is_eval_mode_identity_view():
 
 
 def test_precision_and_device_errors():
-    with pytest.raises(ValueError, match="bfloat16"):
-        api.Trainer(tiny_cfg("bfloat16"))
     with pytest.raises(ValueError, match="float64 runs only on the CPU"):
         api.Trainer(tiny_cfg("float64"), device="gpu")
     with pytest.raises(TypeError, match="DistContext"):

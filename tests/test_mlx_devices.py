@@ -19,6 +19,7 @@ skipped here with that reason; the first one runs everywhere.
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 import inspect
 import sys
 from pathlib import Path
@@ -118,14 +119,14 @@ def _method_violations(path: Path) -> list[str]:
     parents = _parents(tree)
     bad = []
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
-        if not any(k in cls.name for k in ("Trainer", "Finetune", "FineTune", "Classifier")):
+        if not any(k in cls.name for k in ("Trainer", "Finetune", "FineTune", "Pending")):
             continue
         for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
             if fn.name.startswith("_") and fn.name != "__init__":
                 continue
             for call in (c for c in ast.walk(fn) if isinstance(c, ast.Call)):
                 callee = ast.unparse(call.func)
-                if not (callee in ("mx.eval", "mx.async_eval") or callee.endswith(".train_step_async")):
+                if callee not in ("mx.eval", "mx.async_eval"):
                     continue
                 if not any(_is_device_context(c) for c in _with_contexts(call, parents)):
                     bad.append(f"{path.name}:{cls.name}.{fn.name}:{call.lineno} {callee} outside mx.stream")
@@ -254,3 +255,61 @@ def test_bench_peak_rss_without_proc(monkeypatch):
     import resource
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert peak == (ru if sys.platform == "darwin" else ru * 1024) and peak > 0
+
+
+@pytest.mark.parametrize("recipe", ["torchvision", "tf2"])
+@pytest.mark.parametrize("length,kernel_size", [(16, 5), (24, 23), (7, 13)])
+def test_blur_matrices_built_on_the_device_match_the_host_ones(recipe, length, kernel_size):
+    """The per-step blur matrices come from cached taps on the device (no float64 matrices
+    built on the host): exactly the host's in float64, to float32 rounding in float32."""
+    from simclr_xb.backends.mlx import augment as aug
+    if recipe == "torchvision" and kernel_size // 2 >= length:
+        with pytest.raises(ValueError, match="reflect padding"):
+            aug.device_blur_matrices(np.array([1.0]), length, kernel_size, recipe, mx.float32)
+        return
+    sigma = np.array([0.1, 0.7, 1.3, 2.0])
+    host = aug.blur_matrices(sigma, length, kernel_size, recipe)
+    with mx.stream(mx.cpu):
+        d64 = np.array(aug.device_blur_matrices(sigma, length, kernel_size, recipe, mx.float64))
+        d32 = np.array(aug.device_blur_matrices(sigma, length, kernel_size, recipe, mx.float32))
+    np.testing.assert_array_equal(d64, host)
+    np.testing.assert_allclose(d32, host, rtol=2e-7, atol=1e-9)
+    assert (length, kernel_size, recipe, str(mx.float32)) in aug._TAPS  # cached for the next step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trainer_step_on_each_device_matches_the_cpu(device):
+    """One float32 Trainer step per available device (here: cpu) against the CPU's, and the
+    async form gives the synchronous numbers."""
+    from simclr_xb.augment import sample_pair
+    from simclr_xb.config import preset
+    cfg = preset("tiny").with_overrides(["model.width=0.125", "augment.image_size=16",
+                                         "train.batch_size=4"])
+    u8 = np.random.default_rng(0).integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)
+    p1, p2 = sample_pair(cfg.augment, 4, (20, 20), 0, 0, 0)
+    ref = api.Trainer(cfg, None, device="cpu").train_step(u8, None, p1, p2, 0.1)["loss"]
+    t = api.Trainer(cfg, None, device=device)
+    assert t.device == device
+    got = t.train_step_async(u8, None, p1, p2, 0.1).result()["loss"]
+    assert abs(got - ref) <= (0 if device == "cpu" else 1e-3) * max(1.0, abs(ref))
+    t64 = api.Trainer(replace(cfg, train=replace(cfg.train, precision="float64")), None)
+    assert t64.device == "cpu"  # float64 lands on the CPU whatever the default device
+
+
+def test_bench_device_option_is_checked(tmp_path):
+    from click.testing import CliRunner
+
+    from simclr_xb.cli import main
+    r = CliRunner().invoke(main, ["bench", "ntxent", "--size", "tiny", "--device", "metal",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "not an MLX device" in r.output
+    if not HAS_GPU:
+        r = CliRunner().invoke(main, ["bench", "ntxent", "--size", "tiny", "--device", "gpu",
+                                      "--out", str(tmp_path)])
+        assert r.exit_code != 0 and "no GPU" in r.output
+
+
+def test_bench_records_the_mlx_device(tmp_path):
+    from simclr_xb.bench import ntxent
+    rep = ntxent.run(size="tiny", backends=("mlx",), memory=False, device="cpu", log=lambda m: None)
+    assert rep.settings["device"] == {"torch": "cpu", "mlx": "cpu"}

@@ -303,12 +303,14 @@ def test_same_seed_same_losses_and_resume_replays_them_exactly(dataset, tmp_path
 
 # Start on MLX, stop at step 4, resume on torch vs resume on MLX, compare steps 5-6: step 5's
 # loss is a forward of the loaded weights, step 6's the first to see an update with the loaded
-# momenta. base_lr 0.01 (peak 0.04): at the default peak lr 0.3 this tiny run (batch 16,
-# ResNet-18 x0.125) amplifies float32 rounding up to ~1000x in ONE step, so a backend switch
-# moves step 6 by up to 8e-4 there, on one backend or two. Measured over 4 datasets (mlx 0.32.4
-# vs torch 2.13, CPU, float32, |loss| ~ 3.4): step 5 <= 2.2e-6, step 6 <= 7.9e-6. A resume
-# that dropped the momenta moves step 6 by 6.6e-3 .. 3.3e-2.
-CROSS_BACKEND_LOSS_ATOL = {5: 2e-5, 6: 1e-4}
+# momenta. base_lr 0.01 (peak 0.04). In float32 step 6 depends on BLAS/device rounding: at this
+# size (batch 16, ResNet-18 x0.125, 16 px) a ReLU input within float32 noise of 0 flips sign on
+# one backend and not the other and changes the BN gradients by 1-2.5% (measured: one flip in
+# layer3.1, oracle margin 2.4e-6; docs/float32.md), so float32 cannot tell a 1% gradient bug from
+# rounding here. Measured (mlx 0.32.4 vs torch 2.13, CPU, |loss| ~ 3.4): step 5 <= 2.2e-6;
+# step 6 <= 7.9e-6 with OpenBLAS preloaded, 7.9e-4 without. 2e-3 still catches a resume that
+# dropped the momenta (step 6 moves 6.6e-3 .. 3.3e-2). The float64 test below has the teeth.
+CROSS_BACKEND_LOSS_ATOL = {5: 2e-5, 6: 2e-3}
 
 
 def test_resume_on_the_other_backend_continues_the_trajectory(dataset, tmp_path):
@@ -325,6 +327,101 @@ def test_resume_on_the_other_backend_continues_the_trajectory(dataset, tmp_path)
     for s, tol in CROSS_BACKEND_LOSS_ATOL.items():
         assert abs(la[s] - lb[s]) < tol, f"step {s}: |loss difference| {abs(la[s] - lb[s]):.3g}"
     assert load_checkpoint(a / "last.h5").backend == "torch"
+
+
+# The same resume in float64 (MLX float64 runs on its CPU stream): both backends then follow
+# the oracle to ~1e-13, so the tolerance can be tight enough that a 1% error in one gradient or
+# a biased running variance on the resuming side FAILS it (negative controls below). Steps 5-6
+# losses and the final weights, BN buffers and momenta. Measured (mlx 0.32.4, torch 2.13, CPU,
+# with and without OpenBLAS): 3.0e-14; a 1% error in d(encoder.bn1.weight) on torch: 3.5e-3,
+# torch's running_var biased: 5.8e-3.
+RESUME_F64 = ("train.max_steps=6", "optim.base_lr=0.01", "train.precision=float64")
+RESUME_F64_ATOL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def mlx_float64_resumed(dataset, tmp_path_factory):
+    """(the MLX run stopped at step 4, the same run resumed on MLX to step 6)."""
+    _mlx_or_skip()
+    root = tmp_path_factory.mktemp("resume64")
+    start, end = root / "start", root / "mlx"
+    fit(dataset, start, "mlx", cfg=tiny_cfg("train.max_steps=4", *RESUME_F64[1:]))
+    shutil.copytree(start, end)
+    fit(dataset, end, "mlx", resume=end, cfg=tiny_cfg(*RESUME_F64))
+    return start, end
+
+
+def _resume_on_torch_float64(dataset, mlx_float64_resumed, tmp_path) -> float:
+    """Resume the MLX float64 run on torch; max |difference| from the MLX resume (losses of
+    steps 5-6, every weight, BN buffer and momentum of the last checkpoint)."""
+    start, end = mlx_float64_resumed
+    out = tmp_path / "torch"
+    shutil.copytree(start, out)
+    fit(dataset, out, "torch", resume=out, cfg=tiny_cfg(*RESUME_F64))
+    la, lb = losses(out), losses(end)
+    assert sorted(la) == sorted(lb) == list(range(1, 7))
+    a, b = load_checkpoint(out / "last.h5"), load_checkpoint(end / "last.h5")
+    assert a.backend == "torch" and b.backend == "mlx"
+    diffs = [abs(la[s] - lb[s]) for s in (5, 6)]
+    for x, y in ((a.weights, b.weights), (a.momentum, b.momentum)):
+        assert set(x) == set(y)
+        diffs += [float(np.max(np.abs(x[k].astype(np.float64) - y[k]))) for k in x if x[k].size]
+    return max(diffs)
+
+
+def test_resume_on_the_other_backend_continues_the_trajectory_float64(dataset, mlx_float64_resumed,
+                                                                     tmp_path):
+    err = _resume_on_torch_float64(dataset, mlx_float64_resumed, tmp_path)
+    assert err < RESUME_F64_ATOL, f"torch resume vs mlx resume (float64): {err:.3g}"
+
+
+def _torch_grad_error(monkeypatch, name="encoder.bn1.weight", factor=1.01):
+    """The torch backend's gradient of ``name`` is off by 1% when LARS steps."""
+    from simclr_xb.backends.torch.lars import LARS
+    real = LARS.step
+
+    def step(self, closure=None):
+        for n, p in self.named_params():
+            if n == name and p.grad is not None:
+                p.grad.mul_(factor)
+        return real(self, closure)
+    monkeypatch.setattr(LARS, "step", step)
+
+
+def _torch_bn_running_var_biased(monkeypatch):
+    """The torch backend's BN keeps the BIASED batch variance in running_var (corrected after
+    each step from the value before it: autograd keeps running_var during the step)."""
+    import torch
+    from simclr_xb.backends.torch import step as S
+    real = S.Trainer.train_step
+
+    def train_step(self, *a, **k):
+        seen = {}
+
+        def remember(m, inp):
+            seen.setdefault(m, (m.running_var.clone(), inp[0].numel() // inp[0].shape[1]))
+        hooks = [m.register_forward_pre_hook(remember) for m in self.model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        try:
+            out = real(self, *a, **k)
+        finally:
+            for h in hooks:
+                h.remove()
+        with torch.no_grad():
+            for m, (old, n) in seen.items():
+                unbiased = (m.running_var - (1 - m.momentum) * old) / m.momentum
+                m.running_var.copy_((1 - m.momentum) * old + m.momentum * unbiased * (n - 1) / n)
+        return out
+    monkeypatch.setattr(S.Trainer, "train_step", train_step)
+
+
+@pytest.mark.parametrize("fault", [_torch_grad_error, _torch_bn_running_var_biased],
+                         ids=["grad_1pct", "bn_running_var_biased"])
+def test_resume_float64_catches_a_faulty_backend(dataset, mlx_float64_resumed, tmp_path,
+                                                 monkeypatch, fault):
+    fault(monkeypatch)
+    err = _resume_on_torch_float64(dataset, mlx_float64_resumed, tmp_path)
+    assert err > 1000 * RESUME_F64_ATOL, f"the fault moved the resumed run only {err:.3g}"
 
 
 # --------------------------------------------------------------------------- non-finite values

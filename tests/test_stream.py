@@ -108,8 +108,9 @@ def test_center_crop_is_the_official_87_5_percent():
 def test_index_reads_headers_caches_and_notices_changes(folder):
     ix = build_folder_index(folder, "train")
     assert len(ix) == 12 and ix.classes == ["ant", "bee"] and ix.headers_read == 12
-    for f, (h, w) in zip(ix.files, ix.hw):
-        assert Image.open(folder / "train" / f).size == (w, h)
+    for i, (h, w) in enumerate(ix.hw):
+        assert Image.open(folder / "train" / ix.name(i)).size == (w, h)
+    assert ix.files.dtype.kind == "S"  # 1 byte per character: small to send to each worker
     again = build_folder_index(folder, "train")
     assert again.headers_read == 0 and np.array_equal(again.hw, ix.hw)
     # A changed file (new size, new mtime) is re-read; the others come from the cache.
@@ -391,3 +392,40 @@ def test_memory_is_independent_of_the_dataset_size(tmp_path):
     peak = int(r.stdout.split("PEAK_KB")[-1].split()[0]) * 1024
     print(f"peak RSS {peak / 2**20:.0f} MiB of any process; decoded data {decoded / 2**30:.2f} GiB")
     assert peak < bound, f"peak RSS {peak / 2**20:.0f} MiB over the bound {bound / 2**20:.0f} MiB"
+
+
+def test_bench_data_tiny_writes_a_flagged_or_clean_report(tmp_path):
+    pytest.importorskip("torch")
+    from simclr_xb.bench import run_suite
+    from simclr_xb.bench.common import check_report, load_flag
+    data, path = run_suite("data", "tiny", tmp_path / "out", work_dir=str(tmp_path / "jpegs"), n_files=24,
+                           log=lambda m: None)
+    check_report(data)
+    benches = {r["bench"] for r in data["rows"]}
+    assert benches == {"index", "cpu_per_pair", "workers", "memory"}
+    assert {"flagged", "reasons", "own_threads"} <= set(data["load_avg"])
+    assert load_flag([0.2, 0, 0], [2.5, 0, 0], 2)["flagged"] is False
+    assert load_flag([1.5, 0, 0], [0.5, 0, 0], 2)["flagged"] is True
+    assert load_flag([0.5, 0, 0], [3.5, 0, 0], 2)["flagged"] is True
+
+
+def test_resumed_run_on_a_folder_ends_with_the_same_weights(folder, tmp_path):
+    pytest.importorskip("torch")
+    from simclr_xb.checkpoint import load_checkpoint
+    from simclr_xb.config import preset
+    from simclr_xb.train import train
+    cfg = preset("imagenet")
+    for k, v in (("model.arch", "resnet18"), ("model.width", 0.125), ("train.batch_size", 4),
+                 ("augment.image_size", 32), ("data.name", f"folder:{folder}"), ("data.num_workers", 1),
+                 ("train.compile", False)):
+        cfg = cfg.with_value(k, v)
+    cfg = cfg.validate()
+    quiet = dict(backend="torch", show_progress=False, log=lambda m: None)
+    train(cfg.with_value("train.max_steps", 5), tmp_path / "full", **quiet)  # crosses an epoch (3 steps)
+    train(cfg.with_value("train.max_steps", 2), tmp_path / "part", **quiet)
+    train(cfg.with_value("train.max_steps", 5), tmp_path / "part", resume=tmp_path / "part",
+          requested_fields=("train.max_steps",), **quiet)
+    a, b = load_checkpoint(tmp_path / "full" / "last.h5"), load_checkpoint(tmp_path / "part" / "last.h5")
+    assert a.step == b.step == 5
+    for k in a.weights:
+        np.testing.assert_array_equal(a.weights[k], b.weights[k], err_msg=k)

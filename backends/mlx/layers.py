@@ -49,7 +49,14 @@ def batch_norm(x: mx.array, weight, bias, running_mean: mx.array, running_var: m
     (a (...) -> (W, ...) with a vjp summed over ranks); then mean_B/var_B are those of the
     batches of all W ranks (equal sizes n): mean = mean_r(mean_r), var = mean_r(var_r +
     (mean_r - mean)^2), and n becomes W * n (global BN).
+    bfloat16 x (mixed precision): statistics and normalisation in float32, y back in bfloat16
+    (torch's autocast also runs batch norm in float32).
     """
+    if x.dtype == mx.bfloat16:
+        w32, b32 = (None if p is None else p.astype(mx.float32) for p in (weight, bias))
+        y, new_mean, new_var = batch_norm(x.astype(mx.float32), w32, b32, running_mean, running_var,
+                                          train, momentum, eps, gather)
+        return y.astype(mx.bfloat16), new_mean, new_var
     if train:
         axes = tuple(range(x.ndim - 1))
         n = x.size // x.shape[-1]

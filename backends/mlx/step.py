@@ -25,11 +25,19 @@ rounding. Measured on a 2-core Linux CPU (mlx 0.32.4): warm steps cost the same 
 not (0.03 s for ResNet-18 width 0.125, 16 px, N=4), but the first compiled call JIT-builds its
 fused C++ kernels (25-50 s, cached under the temp dir per shape); on Metal compiling pays off.
 Augmentation (step 1) always runs eagerly because its gathers have per-step shapes (see
-:mod:`.augment`); it is evaluated in the same ``mx.eval`` as the step.
+:mod:`.augment`); it is evaluated with the step (one ``mx.async_eval``).
 
-Precision: "float32" (default) or "float64" (CPU stream only; MLX has no float64 on Metal).
-"bfloat16" is refused with a ConfigError: the MLX backend has no mixed-precision step
-yet (the torch backend's autocast has no MLX counterpart here).
+Precision: "float32" (default), "float64" (CPU stream only; MLX has no float64 on Metal) or
+"bfloat16": mixed precision with float32 master weights (as torch's autocast keeps them):
+the state, the momenta, the LARS step and the augmentation stay float32; each step runs the
+forward and backward on bfloat16 copies of the weights (the vjp of the cast hands float32
+gradients to LARS) and the NT-Xent and probe losses in float32. Meant for the Metal GPU (MLX's
+CPU runs it too, slowly); loss.chunk's extra forward runs in float32. Conformance stays
+float32 / float64.
+
+Host syncs: :meth:`Trainer.train_step_async` hands the step's outputs and state to
+``mx.async_eval`` and returns at once; :mod:`simclr_xb.pipeline` reads each loss one step late,
+so the host builds step s + 1 while step s computes.
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from simclr_xb.augment import ViewParams, identity_params
-from simclr_xb.config import Config, ConfigError, ModelConfig
+from simclr_xb.config import Config, ModelConfig
 from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import check_weights, feature_dim, init_weights, model_specs
 
@@ -135,6 +143,8 @@ def simclr_loss(model: SimCLRModel, x: mx.array, labels: mx.array | None, tau: f
     ``z_cotangent`` (through the gather's vjp with ``dist``).
     """
     h, z = model(x)
+    if z.dtype == mx.bfloat16:  # mixed precision: the losses in float32, as autocast runs them
+        h, z = h.astype(mx.float32), z.astype(mx.float32)
     if z_cotangent is None:
         loss = contrastive_loss(z, tau, dist, reduction=reduction)  # loss.reduction
     else:
@@ -188,6 +198,40 @@ def eval_identity_views(model: nn.Module, images_u8: np.ndarray, batch_size: int
     return np.concatenate(out) if out else np.zeros((0, out_dim), dtype=np.float32)
 
 
+class PendingStep:
+    """A step launched by :meth:`Trainer.train_step_async`: its outputs are being computed."""
+
+    def __init__(self, trainer: "Trainer", outputs: tuple, with_probe: bool, before):
+        self._trainer, self._outputs, self._with_probe, self._before = trainer, outputs, with_probe, before
+        self._result = None
+
+    def result(self) -> dict[str, float]:
+        """Wait for the step and return {"loss"[, "probe_loss", "probe_acc"]} (or the skip
+        record), as :meth:`Trainer.train_step`."""
+        if self._result is None:
+            loss, probe_loss, acc, *ok = self._outputs
+            with mx.stream(self._trainer._dev):
+                if ok and not ok[0].item():
+                    self._result = {"loss": float("nan"), "skipped": True}
+                else:
+                    self._result = {"loss": loss.item()}
+                    if self._with_probe:
+                        self._result.update(probe_loss=probe_loss.item(), probe_acc=acc.item())
+            self._before = None  # the step is kept: release the old state
+        return self._result
+
+    def discard(self) -> None:
+        """Undo the step: every state leaf (weights, BN buffers, momenta, optimizer counters)
+        goes back to its value from before it (needs ``keep_before``)."""
+        if self._before is None:
+            raise RuntimeError("this step cannot be undone: it was launched without keep_before "
+                               "or its result was already taken")
+        with mx.stream(self._trainer._dev):
+            _select_inplace(self._trainer._state, self._before, mx.array(False))
+            mx.eval(self._trainer._state)
+        self._before = None
+
+
 class Trainer:
     """The MLX side of :mod:`simclr_xb.train` (interface in :mod:`simclr_xb.backend`).
 
@@ -204,11 +248,14 @@ class Trainer:
                  dist=None):
         cfg.validate()
         precision = cfg.train.precision
+        # bfloat16: mixed precision as torch's autocast keeps it: float32 master weights, BN
+        # buffers, momenta and augmentation; the forward and backward in bfloat16; the losses
+        # in float32 (:meth:`_step_fn`, :func:`simclr_loss`)
+        self.compute_dtype = mx.bfloat16 if precision == "bfloat16" else None
         if precision == "bfloat16":
-            raise ConfigError("config field train.precision = 'bfloat16' is not supported by the "
-                              "MLX backend yet: expected 'float32' (or 'float64' on the CPU)")
+            precision = "float32"
         self.cfg = cfg
-        self.dtype = precision
+        self.dtype = precision  # of the state and the views
         self.dist = None
         if active(dist) is not None:
             from .distributed import DataParallel
@@ -246,8 +293,17 @@ class Trainer:
             return self._steps[key]
         model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self.dist
 
+        mixed = self.compute_dtype
+
         def loss_fn(x, labels=None, z_cotangent=None, loss_value=None):
+            if mixed is not None:  # bf16 copies of the float32 masters: their vjp casts back
+                model.update(tree_map(lambda p: p.astype(mixed), model.trainable_parameters()))
+                x = x.astype(mixed)
             return simclr_loss(model, x, labels, tau, dist, z_cotangent, loss_value, self.cfg.loss.reduction)
+
+        def masters_back(masters):
+            if masters is not None:  # the model holds the float32 master weights again
+                model.update(masters)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
@@ -270,7 +326,9 @@ class Trainer:
         def step_probe(x, labels, *outside):
             self.traces += 1  # Python runs only while tracing when compiled
             before = tree_map(lambda a: a, state) if skip_nonfinite else None  # same leaves
+            masters = model.trainable_parameters() if mixed is not None else None
             (total, aux), grads = loss_and_grad(x, labels, *outside)
+            masters_back(masters)
             if dist is not None:
                 aux = dist.mean(aux)  # probe metrics of the global batch (the loss is global)
             return (*aux, *update(total, grads, before))
@@ -278,7 +336,9 @@ class Trainer:
         def step_ssl(x, *outside):
             self.traces += 1
             before = tree_map(lambda a: a, state) if skip_nonfinite else None
+            masters = model.trainable_parameters() if mixed is not None else None
             (total, aux), grads = loss_and_grad(x, None, *outside)
+            masters_back(masters)
             grads.pop("probe", None)  # no labels: the probe takes no step at all
             return (*aux, *update(total, grads, before))
 
@@ -344,6 +404,19 @@ class Trainer:
         ``cropped``: ``images_u8`` are the 2N views (2N, S, S, 3) the data workers already cut
         from the original images, [view 1 of every image; view 2 of every image]
         (simclr_xb.data.StreamLoader); ``p1``/``p2`` supply flip, jitter, grayscale, blur."""
+        return self.train_step_async(images_u8, labels, p1, p2, lr, skip_nonfinite=skip_nonfinite,
+                                     cropped=cropped).result()
+
+    def train_step_async(self, images_u8: np.ndarray, labels: np.ndarray | None, p1: ViewParams,
+                         p2: ViewParams, lr: float, *, skip_nonfinite: bool = False,
+                         cropped: bool = False, keep_before: bool = False) -> "PendingStep":
+        """:meth:`train_step` without waiting for it: the step's outputs and the new state are
+        handed to ``mx.async_eval`` and a :class:`PendingStep` is returned at once, so the
+        host can prepare the next step (sample views, load the batch, build its graph) while
+        this one computes. ``PendingStep.result()`` blocks and gives train_step's dict (the
+        same numbers: the graph is the same). ``keep_before``: hold the state from before the
+        step so that :meth:`PendingStep.discard` can undo it (the loop launches one step ahead
+        and undoes it when it stops early)."""
         n, H, W = self._check_images(images_u8)
         if cropped:
             n //= 2
@@ -356,6 +429,7 @@ class Trainer:
         if with_probe and np.shape(labels) != (n,):
             raise ValueError(f"labels must have shape ({n},), got {np.shape(labels)}")
         with mx.stream(self._dev):
+            before = tree_map(lambda a: a, self._state) if keep_before else None
             x = augment_cropped(np.asarray(images_u8, dtype=np.uint8), ViewParams.concat([p1, p2]),
                                 self.cfg.augment, convert.mx_dtype(self.dtype)) if cropped else \
                 self.augment_pair(images_u8, p1, p2)
@@ -365,13 +439,8 @@ class Trainer:
             step = self._step_fn(with_probe, skip_nonfinite)
             outside = self._loss_outside(x) if self.cfg.loss.chunk is not None else ()
             loss, probe_loss, acc, *ok = step(x, y, *outside) if with_probe else step(x, *outside)
-            mx.eval(loss, probe_loss, acc, *ok, self._state)
-        if ok and not ok[0].item():
-            return {"loss": float("nan"), "skipped": True}
-        out = {"loss": loss.item()}
-        if with_probe:
-            out.update(probe_loss=probe_loss.item(), probe_acc=acc.item())
-        return out
+            mx.async_eval(loss, probe_loss, acc, *ok, self._state)
+        return PendingStep(self, (loss, probe_loss, acc, *ok), with_probe, before)
 
     # ------------------------------------------------------------------ evaluation
     def encode(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -424,5 +493,5 @@ class Trainer:
         return replace(cfg, train=replace(cfg.train, precision=dtype))
 
 
-__all__ = ["SimCLRModel", "Trainer", "get_weights", "set_weights", "simclr_loss",
+__all__ = ["SimCLRModel", "Trainer", "PendingStep", "get_weights", "set_weights", "simclr_loss",
            "cross_entropy", "contrastive_loss", "lars_excluded_tree", "MOMENTUM_PREFIX"]

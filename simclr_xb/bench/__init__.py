@@ -10,7 +10,12 @@ Suites:
   architecture and precision against the model-only ceiling, and the usual loop;
 * ``ntxent`` (:mod:`.ntxent`): NT-Xent time and peak memory against batch size, exact and
   chunked;
-* ``quality`` (:mod:`.quality`): linear-probe and kNN accuracy against epochs.
+* ``quality`` (:mod:`.quality`): linear-probe and kNN accuracy against epochs;
+* ``data`` (:mod:`.data`): CPU-ms per image pair of the streaming folder path against the
+  usual per-image path, worker scaling, the index build rate.
+
+Every report's ``load_avg`` says whether the run is ``flagged`` (other jobs on the cores at
+its start or end, :func:`~.common.load_flag`).
 
 ``size="tiny"`` runs every suite in seconds (the smoke test); timings at that size mean nothing.
 Importing this package imports numpy only; :mod:`.flops` is the numpy-only FLOP counter.
@@ -23,7 +28,7 @@ from pathlib import Path
 
 from .common import load_average, report_dict, write_report
 
-SUITES = ("augment", "train", "ntxent", "quality")
+SUITES = ("augment", "train", "ntxent", "quality", "data")
 SIZES = ("full", "tiny")
 
 

@@ -122,6 +122,23 @@ def load_average() -> list[float]:
         return []
 
 
+# Load-average points allowed beyond the suite's own threads before its run is flagged.
+LOAD_MARGIN = 1.0
+
+
+def load_flag(before: list[float], after: list[float], own_threads: int) -> dict:
+    """Flag a run that starts or ends with other jobs on the cores: the 1-minute load average
+    above LOAD_MARGIN when the suite starts (none of its own threads run yet), or above
+    ``own_threads + LOAD_MARGIN`` when it ends. Flagged figures are not to be reported as
+    results (benchmarks/README.md)."""
+    reasons = []
+    if before and before[0] > LOAD_MARGIN:
+        reasons.append(f"load {before[0]:.2f} at the start > {LOAD_MARGIN:g}")
+    if after and after[0] > own_threads + LOAD_MARGIN:
+        reasons.append(f"load {after[0]:.2f} at the end > {own_threads} own threads + {LOAD_MARGIN:g}")
+    return {"flagged": bool(reasons), "own_threads": int(own_threads), "reasons": reasons}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -178,10 +195,13 @@ def versions() -> dict:
 
 
 def report_dict(report: Report, command: str, started: float, load_before: list[float]) -> dict:
+    after = load_average()
+    own = report.settings.get("own_threads") or report.settings.get("threads") or os.cpu_count() or 1
     return {"schema": SCHEMA, "suite": report.suite, "machine": machine_info(), "versions": versions(),
             "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "wall_s": round(time.time() - started, 2),
-            "load_avg": {"before": load_before, "after": load_average()},
+            "load_avg": {"before": load_before, "after": after,
+                         **load_flag(load_before, after, own)},
             "settings": report.settings, "rows": report.rows,
             "targets": [t.to_dict() for t in report.targets], **report.extra}
 

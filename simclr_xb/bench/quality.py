@@ -72,7 +72,7 @@ def run(size: str = "full", backend: str = "torch", datasets: list[str] | None =
         plot_path: str | Path | None = None, device: str | None = None, log=print, **_) -> Report:
     """Train, evaluate the checkpoints and the baselines; returns the report (rows: one per
     (dataset, features, epoch)). ``precision`` defaults to bfloat16 autocast on torch
-    (float32 on mlx, which has no bf16 step)."""
+    (float32 on mlx: its bf16 step is untested on Metal and slow on the CPU)."""
     from simclr_xb.checkpoint import load_checkpoint
     from simclr_xb.data import load_dataset
     from simclr_xb.evaluate import evaluate

@@ -36,8 +36,9 @@ EVAL_SPLIT_DIRS = ("val", "test")
 
 @dataclass
 class ImageIndex:
-    """Files of one split. ``files``: paths relative to ``root`` (str array, or tar member
-    names); ``labels`` int64 (N,); ``hw`` int64 (N, 2) = (H, W); ``classes``: names by label.
+    """Files of one split. ``files``: paths relative to ``root`` (or tar member names) as a
+    bytes array (``os.fsencode``: 1 byte per character, so the index that every worker
+    process receives stays small; :meth:`name` decodes one); ``labels`` int64 (N,); ``hw`` int64 (N, 2) = (H, W); ``classes``: names by label.
     For tar shards (:mod:`.shards`) ``shard`` (N,) int64 names ``shards[shard[i]]`` and
     ``offset`` / ``length`` (N,) int64 locate the image bytes inside it."""
 
@@ -66,9 +67,13 @@ class ImageIndex:
                           self.split, self.kind, list(self.shards), pick(self.shard), pick(self.offset),
                           pick(self.length))
 
+    def name(self, i: int) -> str:
+        """File ``i``'s relative path (or tar member name)."""
+        return os.fsdecode(self.files[i])
+
     def path(self, i: int) -> str:
-        return os.path.join(self.root, str(self.files[i])) if self.kind == "folder" else \
-            f"{self.shards[int(self.shard[i])]}:{self.files[i]}"
+        return os.path.join(self.root, self.name(i)) if self.kind == "folder" else \
+            f"{self.shards[int(self.shard[i])]}:{self.name(i)}"
 
 
 def _is_image_name(name: str) -> bool:
@@ -193,7 +198,7 @@ def build_folder_index(root: str | os.PathLike, split: str = "train", skip_bad_i
     k = np.flatnonzero(keep)
     if k.size == 0:
         raise DataError(f"image folder {folder}: none of its {len(files)} images could be read")
-    return ImageIndex(root=str(folder), files=np.asarray(files, dtype=str)[k],
+    return ImageIndex(root=str(folder), files=np.asarray([os.fsencode(f) for f in files], dtype=bytes)[k],
                       labels=np.asarray(labels, dtype=np.int64)[k], hw=hw[k], classes=classes,
                       split=split, skipped=bad, build_s=build_s, headers_read=read)
 

@@ -112,7 +112,8 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
     cache = index_cache_dir() / f"wds-{h.hexdigest()[:20]}.npz"
     classes_file = root / "classes.json"
     t0 = time.perf_counter()
-    if use_cache and cache.is_file():
+    from_cache = use_cache and cache.is_file()
+    if from_cache:
         with np.load(cache, allow_pickle=False) as z:
             files, labels, hw = z["files"], z["labels"], z["hw"]
             shard, offset, length = z["shard"], z["offset"], z["length"]
@@ -128,7 +129,7 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
                 rows.append((name, lab[key], hw_, si, off, size))
         if not rows:
             raise DataError(f"shard folder {root}: the {split} shards hold no images")
-        files = np.asarray([r[0] for r in rows], dtype=str)
+        files = np.asarray([os.fsencode(r[0]) for r in rows], dtype=bytes)
         labels = np.asarray([r[1] for r in rows], dtype=np.int64)
         hw = np.asarray([r[2] for r in rows], dtype=np.int64)
         shard = np.asarray([r[3] for r in rows], dtype=np.int64)
@@ -153,7 +154,8 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
                         f"{len(classes)} classes are named")
     return ImageIndex(root=str(root), files=files, labels=labels, hw=hw, classes=classes, split=split,
                       kind="tar", shards=[str(p) for p in shards], shard=shard, offset=offset,
-                      length=length, skipped=bad, build_s=time.perf_counter() - t0)
+                      length=length, skipped=bad, build_s=time.perf_counter() - t0,
+                      headers_read=0 if from_cache else len(files))
 
 
 def write_shards(index_by_split: dict[str, ImageIndex], out_dir: str | os.PathLike,
@@ -186,7 +188,7 @@ def write_shards(index_by_split: dict[str, ImageIndex], out_dir: str | os.PathLi
             with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
                 for i in range(a, min(a + shard_size, len(idx))):
                     data = read_bytes(idx, i)
-                    ext = os.path.splitext(str(idx.files[i]))[1].lower() or ".jpg"
+                    ext = os.path.splitext(idx.name(i))[1].lower() or ".jpg"
                     for member, payload in ((f"{i:09d}{ext}", data),
                                             (f"{i:09d}.{LABEL_EXT}", str(int(idx.labels[i])).encode())):
                         info = tarfile.TarInfo(member)

@@ -1,0 +1,180 @@
+"""``bench data``: the streaming image path against the usual per-image one, on one generated
+JPEG folder (ImageNet-like sizes: shorter side mostly 300-500 px, some up to 2000, aspect
+W/H 0.5-2, JPEG quality 75-95; content :func:`simclr_xb.conformance.cases.photo_like`).
+
+Rows:
+
+* ``index``: the folder index build rate (headers read per second, no cache);
+* ``cpu_per_pair`` at each view size: CPU-milliseconds per image pair (two views) that the
+  CPUs spend, measured with ``time.process_time`` in one process on one thread, for
+  - ``ours``: the workers' decode (once) + crop + resize of both views
+    (:func:`simclr_xb.data.stream.decode_batch`, JPEG draft mode where the boxes allow) plus
+    the torch backend's batched flip/jitter/grayscale/blur of the views
+    (``augment_cropped``, 1 thread);
+  - ``usual-full``: decode + the whole per-view SimCLR transform on the CPU for each view, as
+    torchvision's ImageFolder + transforms do (:mod:`.pillow_pipeline`, Pillow ops);
+  - ``usual-crop-flip``: decode + RandomResizedCrop + flip per view only.
+  Both sides get the same images (read into the page cache first) and the same view
+  parameters; the sides are timed round-robin ``repeats`` times (median). The usual path's
+  DataLoader IPC and collation are not counted (they would add to its cost).
+* ``workers``: wall-clock pairs/s of :class:`~simclr_xb.data.StreamLoader` with 1 and 2 worker
+  processes (decode only; they share the cores with everything else on the machine);
+* ``memory``: bytes of index per image, and the shared-memory ring (independent of N).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import Report, Target
+
+TARGETS = {"vs_usual_full_224": 2.5, "vs_crop_flip_224": 1.0, "vs_crop_flip_small": 1.6}
+
+
+def imagenet_like_sizes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 2) (H, W): shorter side lognormal around 400 px (mostly 300-500, clipped to
+    [120, 2000], 3% drawn up to 2000), aspect W/H log-uniform in [0.5, 2] with most near 4:3."""
+    short = np.clip(rng.lognormal(np.log(400), 0.18, n), 120, 2000)
+    big = rng.random(n) < 0.03
+    short[big] = rng.uniform(600, 2000, big.sum())
+    aspect = np.where(rng.random(n) < 0.7, rng.choice([4 / 3, 3 / 4, 1.0, 1.5], n),
+                      np.exp(rng.uniform(np.log(0.5), np.log(2.0), n)))
+    h = np.where(aspect >= 1, short, short / aspect)
+    w = np.where(aspect >= 1, short * aspect, short)
+    return np.stack([h, w], axis=1).round().astype(np.int64)
+
+
+def make_jpeg_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
+    """ROOT/train/<class>/*.jpg with :func:`imagenet_like_sizes`; kept if already complete."""
+    from PIL import Image
+
+    from simclr_xb.conformance.cases import photo_like
+    marker = root / f".complete-{n}-{seed}"
+    if marker.exists():
+        return root
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(imagenet_like_sizes(rng, n)):
+        d = root / "train" / f"c{i % classes:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        small = Image.fromarray(photo_like(rng, max(8, h // 4), max(8, w // 4)))
+        img = np.asarray(small.resize((int(w), int(h)), Image.BILINEAR)).astype(np.int16)
+        img = np.clip(img + rng.integers(-8, 9, img.shape), 0, 255).astype(np.uint8)  # fine texture
+        Image.fromarray(img).save(d / f"{i:06d}.jpg", quality=int(rng.integers(75, 96)))
+    marker.write_text("")
+    return root
+
+
+def _cpu(fn) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int | None = None,
+        repeats: int | None = None, **_) -> Report:
+    import torch
+    from PIL import Image
+
+    from simclr_xb.augment import sample_pair
+    from simclr_xb.backends.torch.augment import augment_cropped
+    from simclr_xb.config import AugmentConfig
+    from simclr_xb.data import StreamLoader, open_dataset
+    from simclr_xb.data.index import build_folder_index
+    from simclr_xb.data.stream import DecodeSpec, decode_batch, source_of
+
+    from .pillow_pipeline import pil_view
+
+    n = n_files or (20000 if size == "full" else 120)
+    pairs = 256 if size == "full" else 16
+    repeats = repeats or (3 if size == "full" else 1)
+    root = make_jpeg_folder(Path(work_dir or f"runs/bench-data-{n}"), n)
+    t0 = time.perf_counter()
+    ix = build_folder_index(root, "train", use_cache=False)
+    build_s = time.perf_counter() - t0
+    rows = [{"bench": "index", "files": len(ix), "seconds": build_s, "files_per_s": len(ix) / build_s}]
+    log(f"data index: {len(ix)} files in {build_s:.2f} s = {len(ix) / build_s:.0f} files/s")
+    ds = open_dataset(f"folder:{root}")
+    idx = np.random.default_rng(1).choice(len(ds), pairs, replace=False)
+    for i in idx:  # the files in the page cache before any side is timed
+        with open(source_of(ds.index, int(i)), "rb") as f:
+            f.read()
+    torch.set_num_threads(1)
+    targets = []
+    for S in (224, 96, 32):
+        cfg = AugmentConfig(image_size=S, blur_p=0.5 if S >= 96 else 0.0)
+        p1, p2 = sample_pair(cfg, pairs, ds.hw[idx], 0, 0, 0)
+        views = np.empty((2, pairs, S, S, 3), np.uint8)
+        boxes = np.stack([p1.crop, p2.crop])
+        from simclr_xb.augment import ViewParams
+        both = ViewParams.concat([p1, p2])
+        flat = views.reshape(2 * pairs, S, S, 3)
+        augment_cropped(flat[:8], both[:8], cfg)  # warm up
+
+        def usual(full: bool):
+            for j, i in enumerate(idx):
+                with Image.open(source_of(ds.index, int(i))) as im:
+                    im = im.convert("RGB")
+                    for p in (p1, p2):
+                        if full:
+                            pil_view(im, p, j, S)
+                        else:
+                            top, left, h, w = (int(v) for v in p.crop[j])
+                            v = im.resize((S, S), Image.BILINEAR, box=(left, top, left + w, top + h))
+                            if p.flip[j]:
+                                v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        sides = {"decode": lambda: decode_batch(ds.index, idx, boxes, DecodeSpec(S), views),
+                 "backend": lambda: augment_cropped(flat, both, cfg),
+                 "full": lambda: usual(True), "crop": lambda: usual(False)}
+        runs = {k: [] for k in sides}
+        for _ in range(repeats):  # round-robin: every side sees the same background load
+            for k, fn in sides.items():
+                runs[k].append(_cpu(fn))
+        decode, backend, full, crop = (float(np.median(runs[k])) for k in ("decode", "backend", "full", "crop"))
+        ms = {k: 1000 * v / pairs for k, v in
+              {"ours": decode + backend, "ours_decode": decode, "ours_backend": backend,
+               "usual-full": full, "usual-crop-flip": crop}.items()}
+        rows.append({"bench": "cpu_per_pair", "size": S, "pairs": pairs, **{f"{k}_ms": v for k, v in ms.items()},
+                     "vs_usual_full": ms["usual-full"] / ms["ours_decode"],
+                     "vs_crop_flip": ms["usual-crop-flip"] / ms["ours_decode"],
+                     "vs_usual_full_cpu_only": ms["usual-full"] / ms["ours"],
+                     "vs_crop_flip_cpu_only": ms["usual-crop-flip"] / ms["ours"]})
+        log(f"data {S} px: CPU-ms/pair ours {ms['ours']:.2f} (decode+crop {ms['ours_decode']:.2f}, backend "
+            f"{ms['ours_backend']:.2f}), usual full {ms['usual-full']:.2f}, usual crop+flip "
+            f"{ms['usual-crop-flip']:.2f}")
+        r = rows[-1]
+        note = ("CPU work of the data workers; the flip/jitter/grayscale/blur run batched on the "
+                "training device (on a CPU-only machine add ours_backend_ms: see vs_*_cpu_only)")
+        if S == 224:
+            targets += [Target("usual-full / ours CPU-ms per pair at 224 px", r["vs_usual_full"],
+                               TARGETS["vs_usual_full_224"], note=note),
+                        Target("usual-crop-flip / ours CPU-ms per pair at 224 px", r["vs_crop_flip"],
+                               TARGETS["vs_crop_flip_224"], note=note)]
+        else:
+            targets.append(Target(f"usual-crop-flip / ours CPU-ms per pair at {S} px", r["vs_crop_flip"],
+                                  TARGETS["vs_crop_flip_small"], note=note))
+    S, B = 224, (32 if size == "full" else 4)
+    cfg = AugmentConfig(image_size=S)
+    mk = (lambda e, s, i, hw: list(sample_pair(cfg, len(i), hw, 0, e, s, 0)))
+    sub = ds.subset(np.arange(min(len(ds), 8 * B if size == "full" else 4 * B)))
+    for nw in (1, 2):
+        with StreamLoader(sub, B, mk, S, num_workers=nw) as L:
+            it = L.epoch(0)
+            next(it)  # workers started and warm
+            t0 = time.perf_counter()
+            k = sum(1 for _ in it)
+            wall = time.perf_counter() - t0
+        rows.append({"bench": "workers", "workers": nw, "size": S, "pairs_per_s": k * B / wall})
+        log(f"data workers {nw}: {k * B / wall:.0f} pairs/s at {S} px")
+    w1, w2 = (r["pairs_per_s"] for r in rows if r["bench"] == "workers")
+    rows.append({"bench": "workers", "scaling_1_to_2": w2 / w1})
+    per_image = sum(a.nbytes for a in (ds.index.files, ds.index.labels, ds.index.hw)) / len(ds)
+    rows.append({"bench": "memory", "index_bytes_per_image": per_image,
+                 "ring_bytes": 2 * 256 * 2 * 224 * 224 * 3, "note": "ring: prefetch 2 batches of 256 "
+                 "pairs at 224 px, whatever the dataset size and the number of workers"})
+    return Report(suite="data", settings={"files": n, "pairs": pairs, "repeats": repeats, "threads": 1,
+                                          "own_threads": 3,
+                                          "folder": str(root),
+                                          "cpus": os.cpu_count()}, rows=rows, targets=targets)
