@@ -30,6 +30,7 @@ import numpy as np
 from simclr_xb import reference
 from simclr_xb.augment import ViewParams
 from simclr_xb.backend import BACKENDS, BackendUnavailable, get_backend
+from simclr_xb.state import merge_state, split_state
 
 from . import tf2_ref
 from .cases import Case, all_cases
@@ -188,10 +189,9 @@ def _crossload(call_a_name, api_a, api_b, cfg, dev_a="cpu", dev_b="cpu") -> tupl
         from simclr_xb.resnet_spec import init_weights, model_specs
         w = init_weights(cfg.model, cfg.train.seed, 10)
         state = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in w.items()}
-        state.update({f"momentum/{s.name}": np.zeros(s.shape, np.float32)
-                      for s in model_specs(cfg.model, 10) if s.trainable})
-    weights = {k: v for k, v in state.items() if not k.startswith("momentum/")}
-    mom = {k[9:]: v for k, v in state.items() if k.startswith("momentum/")}
+        state = merge_state(state, {s.name: np.zeros(s.shape, np.float32)
+                                    for s in model_specs(cfg.model, 10) if s.trainable})
+    weights, mom = split_state(state)
     with tempfile.TemporaryDirectory() as d:
         path = save_checkpoint(Path(d) / "x.h5", Checkpoint(cfg, weights, mom, backend=call_a_name))
         ck = load_checkpoint(path)

@@ -37,12 +37,13 @@ The MLX api functions also take ``device`` ("cpu" | "gpu" | None = the GPU when 
 after these arguments; float64 always runs on MLX's CPU stream. Conformance runs MLX as two
 implementations, "mlx-cpu" and "mlx-gpu" (simclr_xb.conformance.runner).
 
-The training loop (:mod:`simclr_xb.train`) uses one more object, ``api.Trainer``:
+The training loop (:mod:`simclr_xb.train`) uses one more object, ``api.Trainer``, typed as
+:class:`Trainer` below:
 
   Trainer(cfg: Config, num_classes: int | None, device: str | None = None, dist=None)
       # dist: a simclr_xb.distributed.DistContext (global BN, global negatives) or None
   .device -> str                                   # e.g. "cpu", "cuda:0", "gpu"
-  .train_step(images_u8, labels, p1, p2, lr, *, skip_nonfinite=False) -> dict
+  .train_step(images_u8, labels, p1, p2, lr, *, skip_nonfinite=False, cropped=False) -> dict
       # keys loss[, probe_loss, probe_acc] (floats; probe keys only with a probe and labels);
       # skip_nonfinite: if the loss or a gradient is NaN/Inf, take no step, restore the BN
       # buffers and return {"loss": nan, "skipped": True}
@@ -60,6 +61,13 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .augment import ViewParams
+    from .config import Config
 
 BACKENDS = ("torch", "mlx")
 
@@ -69,6 +77,26 @@ API_FUNCTIONS = (
     "augment_cropped", "batch_norm", "conv2d", "block", "encoder", "head", "forward", "nt_xent", "nt_xent_grad",
     "nt_xent_chunked", "nt_xent_chunked_grad", "lars_step", "train_step",
 )
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """What the core needs of a backend's ``api.Trainer`` (the contract in the module docstring;
+    ``train_step_async`` is optional and found with ``hasattr``)."""
+
+    cfg: Config
+
+    @property
+    def device(self) -> str: ...
+
+    def train_step(self, images_u8: Any, labels: np.ndarray | None, p1: ViewParams, p2: ViewParams,
+                   lr: float, *, skip_nonfinite: bool = False, cropped: bool = False) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, np.ndarray]: ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+
+    def encode(self, images_u8: Any, batch_size: int = 256) -> np.ndarray: ...
 
 
 class BackendUnavailable(RuntimeError):

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from .config import Config
+from .state import merge_state
 
 FORMAT = "simclr-xb-checkpoint"
 FORMAT_VERSION = 1
@@ -58,7 +59,7 @@ class Checkpoint:
     def state_dict(self) -> dict[str, np.ndarray]:
         """Weights plus ``momentum/<name>`` entries: what a backend Trainer loads."""
         d = dict(self.weights)
-        d.update({f"momentum/{k}": v for k, v in self.momentum.items()})
+        d.update(merge_state({}, self.momentum))
         return d
 
     def check_fits_config(self) -> None:

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
-BACKENDS = ("torch", "mlx")
+from .backend import BACKENDS
+
 # Seconds a collective (or the rendezvous) may wait for a missing rank before failing.
 DEFAULT_TIMEOUT_S = 600.0
 TIMEOUT_ENV = "SIMCLR_XB_DIST_TIMEOUT"

@@ -23,8 +23,7 @@ from .config import AugmentConfig, Config, ModelConfig, OptimConfig, loss_scale
 from .recipe import GRAY_WEIGHTS as RECIPE_GRAY_WEIGHTS
 from .recipe import bicubic_taps, check_recipe
 from .resnet_spec import BlockSpec, encoder_layout, head_dims, model_specs
-
-GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
+from .state import NORM_EPS, PROBE_EPS
 
 # --------------------------------------------------------------------------- augmentation
 
@@ -348,7 +347,6 @@ def positive_index(n2: int) -> np.ndarray:
 
 
 # Smallest norm a projection is divided by (tf.math.l2_normalize's and F.normalize's epsilon).
-NORM_EPS = 1e-12
 
 
 def _safe_norm(z: np.ndarray) -> np.ndarray:
@@ -409,9 +407,6 @@ def nt_xent_chunked(z: np.ndarray, tau: float, chunk: int, reduction: str = "mea
 def nt_xent_chunked_grad(z: np.ndarray, tau: float, chunk: int, reduction: str = "mean") -> np.ndarray:
     """The oracle of the chunked NT-Xent's gradient: the exact :func:`nt_xent_grad`."""
     return nt_xent_grad(z, tau, reduction)
-
-
-PROBE_EPS = 1e-5
 
 
 def probe_input(h: np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ from .monitor import KnnMonitor
 from .progress import MetricsLog, Progress
 from .resnet_spec import stage_sides
 from .schedules import LRSchedule
+from .state import split_state
 
 
 def _step_pipeline(trainer, cfg, per_rank, hw, rank, spe, schedule, num_classes, end, dist, stop,
@@ -242,7 +243,7 @@ def init_from_checkpoint(trainer, cfg: Config, log=print) -> None:
     zero, the online probe keeps its fresh initialisation, the step count starts at 0."""
     src = latest_good(cfg.train.init_from, warn=lambda m: log(f"warning: {m}"))
     src.check_fits_config()
-    fresh = {k: v for k, v in trainer.state_dict().items() if not k.startswith("momentum/")}
+    fresh, _ = split_state(trainer.state_dict())
     theirs = {k: v for k, v in src.weights.items() if not k.startswith("probe.")}
     state = dict(fresh)
     state.update(theirs)
@@ -449,8 +450,7 @@ def save(run: _Run, step: int) -> None:
             f"written; a gradient became non-finite while the loss was finite. Training "
             f"stopped and {run.kept()}. Lower optim.base_lr, raise loss.temperature, or set "
             f"train.on_nonfinite=skip")
-    weights = {k: v for k, v in state.items() if not k.startswith("momentum/")}
-    momentum = {k[len("momentum/"):]: v for k, v in state.items() if k.startswith("momentum/")}
+    weights, momentum = split_state(state)
     extra = {"rng_seed": np.int64(cfg.train.seed), "rng_epoch": np.int64(step // spe),
              "rng_step": np.int64(step), "world": np.int64(run.world),
              "num_classes": np.int64(run.num_classes or 0)}

@@ -19,6 +19,7 @@ import numpy as np
 from simclr_xb.augment import ViewParams
 from simclr_xb.config import AugmentConfig, Config, ModelConfig, OptimConfig
 from simclr_xb.resnet_spec import BlockSpec
+from simclr_xb.state import merge_state, split_state
 
 from . import augment as aug
 from . import convert, layers
@@ -28,7 +29,7 @@ from .ntxent import nt_xent as _nt_xent
 from .ntxent import nt_xent_chunked as _nt_xent_chunked
 from .ntxent import nt_xent_chunked_value_and_grad as _nt_xent_chunked_value_and_grad
 from .resnet import ResNet, make_block
-from .step import MOMENTUM_PREFIX, Trainer
+from .step import Trainer
 
 __all__ = ["available", "version", "devices", "to_float", "resized_crop", "hflip",
            "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
@@ -259,12 +260,10 @@ def train_step(weights, momenta, images_u8, p1: ViewParams, p2: ViewParams, lr: 
                cfg: Config, dtype: str = "float32", device: str | None = None):
     """One full SimCLR step (no probe) through :class:`Trainer` -> (loss, weights, momenta)."""
     t = Trainer(Trainer.with_precision(cfg, dtype), num_classes=None, device=device)
-    state = dict(weights)
-    state.update({MOMENTUM_PREFIX + k: v for k, v in momenta.items()})
+    state = merge_state(weights, momenta)
     t.load_state_dict(state)
     loss = t.train_step(images_u8, None, p1, p2, lr)["loss"]
     sd = t.state_dict()
-    new_w = {k: v for k, v in sd.items() if not k.startswith(MOMENTUM_PREFIX)}
-    new_m = {k[len(MOMENTUM_PREFIX):]: v for k, v in sd.items() if k.startswith(MOMENTUM_PREFIX)}
+    new_w, new_m = split_state(sd)
     return loss, new_w, new_m
 

@@ -26,8 +26,6 @@ from simclr_xb.recipe import blur_matrices_zero_pad, check_recipe, interpolation
 
 from .layers import exp
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
 
 def to_float(images_u8, dtype=mx.float32) -> mx.array:
     """uint8 NHWC -> float NHWC in [0, 1] (x / 255)."""

@@ -21,6 +21,7 @@ from simclr_xb.augment import ViewParams
 from simclr_xb.config import AugmentConfig, ModelConfig
 from simclr_xb.finetune import FinetuneConfig, classifier_specs, excluded_flags
 from simclr_xb.resnet_spec import check_weights, feature_dim
+from simclr_xb.state import check_images
 
 from . import convert
 from .augment import augment
@@ -84,7 +85,7 @@ class FinetuneTrainer:
                    lr: float) -> dict[str, float]:
         """One step of cross-entropy on the views ``params`` of uint8 NHWC ``images_u8`` with
         BatchNorm in train mode -> {"loss", "acc" (percent, on these views)}."""
-        n, H, W = _check_images(images_u8)
+        n, H, W = check_images(images_u8, "images")
         if len(params) != n or np.shape(labels) != (n,):
             raise ValueError(f"{n} images need {n} view parameters and labels of shape ({n},), got "
                              f"{len(params)} and {np.shape(labels)}")
@@ -101,7 +102,7 @@ class FinetuneTrainer:
 
     def predict(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Eval-mode logits (N, C) float32 of the identity view (whole image resized)."""
-        _check_images(images_u8)
+        check_images(images_u8, "images")
 
         def logits_of(chunk, params):
             x = augment(chunk, params, self.aug_cfg, convert.mx_dtype(self.dtype))
@@ -130,13 +131,6 @@ def head_features(trainer, h: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     if not out:
         return np.zeros((0, trainer.cfg.model.head_out), dtype=np.float32)
     return np.concatenate(out)
-
-
-def _check_images(images_u8) -> tuple[int, int, int]:
-    shape = tuple(np.shape(images_u8))
-    if len(shape) != 4 or shape[3] != 3 or np.asarray(images_u8).dtype != np.uint8:
-        raise ValueError(f"images must be uint8 NHWC (N, H, W, 3), got {np.asarray(images_u8).dtype} {shape}")
-    return shape[0], shape[1], shape[2]
 
 
 __all__ = ["Classifier", "FinetuneTrainer", "head_features"]

@@ -26,6 +26,7 @@ from functools import lru_cache
 import mlx.core as mx
 
 from simclr_xb.config import loss_scale
+from simclr_xb.state import NORM_EPS  # rows are divided by max(|z_i|, NORM_EPS)
 
 from .layers import exp, logsumexp
 
@@ -33,9 +34,6 @@ from .layers import exp, logsumexp
 def positive_index(n2: int) -> mx.array:
     """(2N,) index of each row's positive in the [view1; view2] layout."""
     return (mx.arange(n2) + n2 // 2) % n2
-
-
-NORM_EPS = 1e-12  # reference.NORM_EPS: rows are divided by max(|z_i|, NORM_EPS)
 
 
 def safe_norm(z: mx.array) -> mx.array:

@@ -48,10 +48,11 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
-from simclr_xb.augment import ViewParams, identity_params
+from simclr_xb.augment import ViewParams
 from simclr_xb.config import Config, ModelConfig
 from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import check_weights, feature_dim, init_weights, model_specs
+from simclr_xb.state import MOMENTUM_PREFIX, PROBE_EPS, check_images, check_pair, identity_batches, split_state
 
 from . import convert
 from .augment import augment, augment_cropped
@@ -61,10 +62,8 @@ from .layers import BUFFERS, BatchNorm, logsumexp
 from .ntxent import nt_xent, nt_xent_chunked, nt_xent_chunked_value_and_grad
 from .resnet import ResNet
 
-MOMENTUM_PREFIX = "momentum/"
 
 
-PROBE_EPS = 1e-5
 
 
 def probe_input(h: mx.array, dist=None) -> mx.array:
@@ -183,16 +182,12 @@ def eval_identity_views(model: nn.Module, images_u8: np.ndarray, batch_size: int
     by the caller), ``batch_size`` at a time, with ``model`` in eval mode (train mode after) ->
     (N, out_dim) float32. The one loop behind :meth:`Trainer.encode` and the fine-tuning
     ``predict``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    images_u8 = np.asarray(images_u8)
-    n, H, W = images_u8.shape[:3]
+    batches = identity_batches(np.asarray(images_u8), batch_size)
     out = []
     model.eval()
     try:
-        for i in range(0, n, batch_size):
-            chunk = images_u8[i:i + batch_size]
-            out.append(fn(chunk, identity_params(len(chunk), (H, W))))
+        for chunk, params in batches:
+            out.append(fn(chunk, params))
     finally:
         model.train()
     return np.concatenate(out) if out else np.zeros((0, out_dim), dtype=np.float32)
@@ -372,16 +367,6 @@ class Trainer:
                                                  self.cfg.loss.reduction)
         return g, loss
 
-    @staticmethod
-    def _check_images(images_u8) -> tuple[int, int, int]:
-        shape = tuple(np.shape(images_u8))
-        if len(shape) != 4 or shape[3] != 3:
-            raise ValueError(f"images_u8 must be NHWC (N, H, W, 3), got shape {shape}")
-        dt = getattr(images_u8, "dtype", None) or np.asarray(images_u8).dtype  # lazy arrays: no read
-        if dt != np.uint8:
-            raise ValueError(f"images_u8 must have dtype uint8, got {dt}")
-        return shape[0], shape[1], shape[2]
-
     def augment_pair(self, images_u8: np.ndarray, p1: ViewParams, p2: ViewParams) -> mx.array:
         """Both views of the batch in one batched pipeline call: [view1; view2] (2N, S, S, 3)."""
         n = len(images_u8)
@@ -417,14 +402,7 @@ class Trainer:
         same numbers: the graph is the same). ``keep_before``: hold the state from before the
         step so that :meth:`PendingStep.discard` can undo it (the loop launches one step ahead
         and undoes it when it stops early)."""
-        n, H, W = self._check_images(images_u8)
-        if cropped:
-            n //= 2
-        for name, p in (("p1", p1), ("p2", p2)):
-            if len(p) != n:
-                raise ValueError(f"{name} has {len(p)} views for {n} images")
-            if not cropped:
-                p.validate((H, W))
+        n, H, W = check_pair(images_u8, p1, p2, cropped)
         with_probe = self.num_classes is not None and labels is not None
         if with_probe and np.shape(labels) != (n,):
             raise ValueError(f"labels must have shape ({n},), got {np.shape(labels)}")
@@ -445,7 +423,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def encode(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Eval-mode h (N, d) float32 of the identity view (whole image resized to S x S)."""
-        self._check_images(images_u8)
+        check_images(images_u8)
 
         def h_of(chunk, params):
             x = augment(chunk, params, self.cfg.augment, convert.mx_dtype(self.dtype))
@@ -469,9 +447,7 @@ class Trainer:
         """Load canonical weights and (optionally) momenta, validated first: ValueError naming
         the entries and shapes, nothing changed on failure. Without any ``momentum/`` entry
         the momenta are reset to zero (e.g. exported weights); with some, all must be present."""
-        weights = {k: v for k, v in state.items() if not k.startswith(MOMENTUM_PREFIX)}
-        momenta = {k[len(MOMENTUM_PREFIX):]: v for k, v in state.items()
-                   if k.startswith(MOMENTUM_PREFIX)}
+        weights, momenta = split_state(state)
         check_weights(weights, self.specs, "state_dict")
         trainable = [s for s in self.specs if s.trainable]
         if momenta:

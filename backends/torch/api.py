@@ -24,6 +24,7 @@ import torch.nn as nn
 from simclr_xb.augment import ViewParams
 from simclr_xb.config import AugmentConfig, Config, ModelConfig, OptimConfig
 from simclr_xb.resnet_spec import BlockSpec
+from simclr_xb.state import merge_state, split_state
 
 from . import augment as _aug
 from .convert import images_from_torch, images_to_torch, to_numpy, to_tensor, torch_dtype
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 DEVICE = os.environ.get("SIMCLR_XB_TORCH_DEVICE", "cpu")
-_MOM = "momentum/"
 
 
 def available() -> bool:
@@ -275,13 +275,11 @@ def train_step(weights, momenta, images_u8, p1, p2, lr, cfg: Config, dtype="floa
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=dtype, compile=False))
     model = {k: v for k, v in weights.items() if k.startswith(("encoder.", "head."))}
     tr = Trainer(cfg, None, DEVICE, weights=model)
-    state = tr.state_dict()
-    for k in state:
-        if k.startswith(_MOM) and k[len(_MOM):] in momenta:
-            state[k] = np.asarray(momenta[k[len(_MOM):]])
-    tr.load_state_dict(state)
+    weights_now, momenta_now = split_state(tr.state_dict())
+    momenta_now.update({k: np.asarray(v) for k, v in momenta.items() if k in momenta_now})
+    tr.load_state_dict(merge_state(weights_now, momenta_now))
     loss = tr.train_step(images_u8, None, p1, p2, lr)["loss"]
     new = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in tr.state_dict().items()}
-    out_w = {**weights, **{k: v for k, v in new.items() if not k.startswith(_MOM)}}
-    out_m = {**momenta, **{k[len(_MOM):]: v for k, v in new.items() if k.startswith(_MOM)}}
+    new_w, new_m = split_state(new)
+    out_w, out_m = {**weights, **new_w}, {**momenta, **new_m}
     return loss, out_w, out_m

@@ -49,7 +49,6 @@ from simclr_xb.recipe import check_recipe, interpolation_matrix
 
 from .convert import images_to_torch, torch_dtype
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 # Float bytes of one chunk of views on the CPU: about the L2 size, larger for small views
 # where the per-chunk Python overhead dominates (measured on 2 cores: 32 px best at 4 MB,
 # 224 px at 1-2 MB).

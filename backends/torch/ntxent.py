@@ -14,14 +14,12 @@ from __future__ import annotations
 import torch
 
 from simclr_xb.config import loss_scale
+from simclr_xb.state import NORM_EPS  # rows are divided by max(|z_i|, NORM_EPS)
 
 
 def positive_index(n2: int, device=None) -> torch.Tensor:
     """Index of each row's positive in the [view1; view2] layout: (i + N) mod 2N, (2N,)."""
     return (torch.arange(n2, device=device) + n2 // 2) % n2
-
-
-NORM_EPS = 1e-12  # reference.NORM_EPS: rows are divided by max(|z_i|, NORM_EPS)
 
 
 def safe_norm(z: torch.Tensor) -> torch.Tensor:

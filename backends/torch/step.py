@@ -41,10 +41,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from simclr_xb.augment import ViewParams, identity_params
+from simclr_xb.augment import ViewParams
 from simclr_xb.config import Config, ModelConfig
 from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import ParamSpec, check_weights, feature_dim, init_weights, model_specs
+from simclr_xb.state import (MOMENTUM_PREFIX, PROBE_EPS, check_images, check_pair, identity_batches, merge_state,
+                             split_state)
 
 from .augment import augment, augment_cropped
 from .convert import resolve_device, to_tensor, weights_to_numpy, weights_to_torch
@@ -54,10 +56,8 @@ from .layers import NormLayer, batch_norm
 from .ntxent import nt_xent, nt_xent_chunked
 from .resnet import ResNet
 
-MOMENTUM_PREFIX = "momentum/"
 
 
-PROBE_EPS = 1e-5
 
 
 def probe_input(h: torch.Tensor, mean_over_ranks=None) -> torch.Tensor:
@@ -136,16 +136,13 @@ def eval_identity_views(model: nn.Module, images_u8, batch_size: int, out_dim: i
     checked by the caller), ``batch_size`` at a time, with ``model`` in eval mode (its mode
     restored after) -> (N, out_dim) float32 numpy. The one loop behind :meth:`Trainer.encode`
     and the fine-tuning ``predict``; the caller sets inference mode and autocast."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n, H, W = tuple(np.shape(images_u8))[:3]
+    batches = identity_batches(images_u8, batch_size)
     was = model.training
     model.eval()
     out = []
     try:
-        for i in range(0, n, batch_size):
-            chunk = images_u8[i:i + batch_size]
-            out.append(fn(chunk, identity_params(len(chunk), (H, W))).float().cpu())
+        for chunk, params in batches:
+            out.append(fn(chunk, params).float().cpu())
     finally:
         model.train(was)
     return torch.cat(out).numpy() if out else np.zeros((0, out_dim), dtype=np.float32)
@@ -246,15 +243,6 @@ class Trainer:
                 self._compiled = None
         return self._net(x)
 
-    def _check_images(self, images_u8) -> tuple[int, int, int]:
-        shape = tuple(np.shape(images_u8))
-        if len(shape) != 4 or shape[3] != 3:
-            raise ValueError(f"images_u8 must be NHWC (N, H, W, 3), got shape {shape}")
-        dt = images_u8.dtype
-        if dt not in (np.uint8, torch.uint8):
-            raise ValueError(f"images_u8 must have dtype uint8, got {dt}")
-        return shape[0], shape[1], shape[2]
-
     # ------------------------------------------------------------------ the step
     def train_step(self, images_u8, labels, p1: ViewParams, p2: ViewParams, lr: float, *,
                    skip_nonfinite: bool = False, cropped: bool = False) -> dict[str, float]:
@@ -270,14 +258,7 @@ class Trainer:
         ``cropped``: ``images_u8`` are the 2N views (2N, S, S, 3) the data workers already cut
         from the original images, [view 1 of every image; view 2 of every image]
         (simclr_xb.data.StreamLoader); ``p1``/``p2`` supply flip, jitter, grayscale, blur."""
-        n, H, W = self._check_images(images_u8)
-        if cropped:
-            n //= 2
-        for name, p in (("p1", p1), ("p2", p2)):
-            if len(p) != n:
-                raise ValueError(f"{name} has {len(p)} views for {n} images")
-            if not cropped:
-                p.validate((H, W))
+        n, H, W = check_pair(images_u8, p1, p2, cropped)
         images = to_tensor(images_u8, self._device)
         source = np.concatenate([np.arange(n), np.arange(n)])
         with torch.no_grad():
@@ -334,26 +315,22 @@ class Trainer:
         """Canonical weights (float32, or float64 under precision float64; num_batches_tracked
         int64) plus ``momentum/<name>`` for every trainable parameter."""
         out = get_weights(self.model, float_dtype=self._np_float())
-        out.update({MOMENTUM_PREFIX + k: v for k, v in
-                    weights_to_numpy(self.optimizer.momentum_buffers(), self._np_float()).items()})
-        return out
+        return merge_state(out, weights_to_numpy(self.optimizer.momentum_buffers(), self._np_float()))
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Load canonical weights and (optionally) momenta. Names and shapes are validated
         against the model (ValueError naming the entry and both shapes). Without any
         ``momentum/`` entry the momenta are reset to zero (e.g. loading exported weights);
         with some, all must be present."""
-        weights = {k: v for k, v in state.items() if not k.startswith(MOMENTUM_PREFIX)}
-        momenta = {k: v for k, v in state.items() if k.startswith(MOMENTUM_PREFIX)}
+        weights, momenta = split_state(state)
         check_weights(weights, self.specs, "state_dict")
-        trainable = [ParamSpec(MOMENTUM_PREFIX + s.name, s.shape, s.kind) for s in self.specs if s.trainable]
-        if momenta:
-            check_weights(momenta, trainable, "state_dict momenta")
+        if momenta:  # named with the prefix in errors, as in the state
+            trainable = [ParamSpec(MOMENTUM_PREFIX + s.name, s.shape, s.kind) for s in self.specs if s.trainable]
+            check_weights(merge_state({}, momenta), trainable, "state_dict momenta")
         set_weights(self.model, weights, where="state_dict")
         bufs = self.optimizer.momentum_buffers()
         if momenta:
-            self.optimizer.set_momentum_buffers(
-                weights_to_torch({k[len(MOMENTUM_PREFIX):]: v for k, v in momenta.items()}, bufs))
+            self.optimizer.set_momentum_buffers(weights_to_torch(momenta, bufs))
         else:
             for v in bufs.values():
                 v.zero_()
@@ -362,7 +339,7 @@ class Trainer:
     def encode(self, images_u8, batch_size: int = 256) -> np.ndarray:
         """Eval-mode representation h of the identity view (whole image resized to
         cfg.augment.image_size) of uint8 NHWC images -> (N, feature_dim) float32 numpy."""
-        self._check_images(images_u8)
+        check_images(images_u8)
 
         def h_of(chunk, params):
             return self.model.encoder(self._views(to_tensor(chunk, self._device), params, None))
