@@ -43,13 +43,15 @@ The training loop (:mod:`simclr_xb.train`) uses one more object, ``api.Trainer``
   Trainer(cfg: Config, num_classes: int | None, device: str | None = None, dist=None)
       # dist: a simclr_xb.distributed.DistContext (global BN, global negatives) or None
   .device -> str                                   # e.g. "cpu", "cuda:0", "gpu"
-  .train_step(images_u8, labels, p1, p2, lr, *, skip_nonfinite=False, cropped=False) -> dict
+  .train_step(images_u8, labels, p1, p2, lr, *, skip_nonfinite=False, cropped=False, views=None)
+      -> dict
       # keys loss[, probe_loss, probe_acc] (floats; probe keys only with a probe and labels);
       # skip_nonfinite: if the loss or a gradient is NaN/Inf, take no step, restore the BN
       # buffers and return {"loss": nan, "skipped": True}
   .train_step_async(...same, keep_before=False) -> pending   # optional (MLX): .result() gives
       # train_step's dict, .discard() undoes the step; the loop then reads each loss one step
       # late (simclr_xb.pipeline)
+  .augment_pair(images_u8, p1, p2)                 # [view1; view2] on the device, as the step makes them
   .state_dict() -> dict[str, np.ndarray]           # canonical weights + "momentum/<name>"
   .load_state_dict(state)                          # validates names and shapes
   .encode(images_u8, batch_size) -> np.ndarray     # eval-mode h of the identity view
@@ -90,7 +92,10 @@ class Trainer(Protocol):
     def device(self) -> str: ...
 
     def train_step(self, images_u8: Any, labels: np.ndarray | None, p1: ViewParams, p2: ViewParams,
-                   lr: float, *, skip_nonfinite: bool = False, cropped: bool = False) -> dict[str, float]: ...
+                   lr: float, *, skip_nonfinite: bool = False, cropped: bool = False,
+                   views: Any = None) -> dict[str, float]: ...
+
+    def augment_pair(self, images_u8: Any, p1: ViewParams, p2: ViewParams) -> Any: ...
 
     def state_dict(self) -> dict[str, np.ndarray]: ...
 
@@ -105,15 +110,32 @@ class BackendUnavailable(RuntimeError):
 
 def get_backend(name: str) -> ModuleType:
     """Import ``simclr_xb.backends.<name>.api`` lazily (torch and mlx are optional extras)."""
+    return _import(name, "api")
+
+
+def _import(name: str, module: str) -> ModuleType:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: expected one of {BACKENDS}")
     try:
-        return importlib.import_module(f"simclr_xb.backends.{name}.api")
+        return importlib.import_module(f"simclr_xb.backends.{name}.{module}")
     except ImportError as e:
         extra = "torch" if name == "torch" else "mlx"
         raise BackendUnavailable(
             f"backend {name!r} is not available ({e}); install it with: pip install 'simclr-xb[{extra}]'"
         ) from e
+
+
+# A backend's modules beside ``api``, each imported only by the feature that needs it.
+OPTIONAL_MODULES = ("finetune", "distributed")
+
+
+def backend_module(name: str, module: str) -> ModuleType:
+    """``simclr_xb.backends.<name>.<module>`` for one of :data:`OPTIONAL_MODULES` (fine-tuning's
+    ``FinetuneTrainer`` and ``head_features``; data parallel's process group), imported lazily:
+    the one place, besides :func:`get_backend`, that names a backend's modules."""
+    if module not in OPTIONAL_MODULES:
+        raise ValueError(f"unknown backend module {module!r}: expected one of {OPTIONAL_MODULES}")
+    return _import(name, module)
 
 
 def available_backends() -> dict[str, str]:

@@ -32,7 +32,6 @@ mpirun (mlx, mpi)   OMPI_COMM_WORLD_RANK / OMPI_COMM_WORLD_SIZE (or PMI_RANK / P
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import random
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
-from .backend import BACKENDS
+from .backend import BACKENDS, backend_module
 
 # Seconds a collective (or the rendezvous) may wait for a missing rank before failing.
 DEFAULT_TIMEOUT_S = 600.0
@@ -86,7 +85,7 @@ class DistContext:
         return self.rank == 0
 
     def _impl(self):
-        return importlib.import_module(f"simclr_xb.backends.{self.backend}.distributed")
+        return backend_module(self.backend, "distributed")
 
     def setup(self, device: str | None = None) -> "DistContext":
         """Join the process group (idempotent). Trainers call this themselves."""

@@ -33,9 +33,7 @@ def extract_features(ckpt, out: str | Path, data_spec: str | None = None, split:
                      batch_size: int = 256, root: str | None = None, log=print) -> dict:
     """Encode every image of ``split`` ("train" | "test" | "both") with the encoder of ``ckpt``
     (a :class:`~simclr_xb.checkpoint.Checkpoint`) and write ``out``. Returns a summary dict."""
-    from importlib import import_module
-
-    from .backend import get_backend
+    from .backend import backend_module, get_backend
     from .data import open_dataset
     from .data.stream import encode_split
     from .evaluate import encoder_weights, pick_backend
@@ -50,7 +48,7 @@ def extract_features(ckpt, out: str | Path, data_spec: str | None = None, split:
     backend = pick_backend(backend, ckpt.backend or None)
     trainer = get_backend(backend).Trainer(cfg, None, device=device)
     trainer.load_state_dict(encoder_weights(ckpt.weights, cfg.model))
-    project = import_module(f"simclr_xb.backends.{backend}.finetune").head_features
+    project = backend_module(backend, "finetune").head_features
     t0 = time.perf_counter()
     groups, classes = {}, None
     for s in SPLIT_CHOICES[split]:

@@ -338,7 +338,7 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
     result dict (JSON-serialisable; ``subset_indices`` included). With ``keep_weights`` each
     run's entry also holds its fine-tuned canonical weights under ``"weights"`` (not JSON).
     """
-    from .backend import get_backend
+    from .backend import backend_module, get_backend
     from .data import open_dataset
     from .data.stream import predict_split
     from .evaluate import pick_backend
@@ -370,8 +370,7 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
     per_class = np.bincount(labels, minlength=num_classes)
     backend = pick_backend(backend, fallback_backend)
     api = get_backend(backend)
-    from importlib import import_module
-    ft_mod = import_module(f"simclr_xb.backends.{backend}.finetune")
+    ft_mod = backend_module(backend, "finetune")
     log(f"fine-tuning on {len(idx)} labelled images of {spec} ({100 * len(idx) / len(train_ds.labels):.2f}% "
         f"of {len(train_ds.labels)}; per class {per_class.min()}-{per_class.max()}), "
         f"{ft.epochs} epochs, {ft.optimizer} optimizer, {backend} backend")

@@ -64,7 +64,7 @@ def test_both_trainers_meet_the_protocol(name):
     cfg = preset("tiny")
     t = api.Trainer(cfg, None, device="cpu")
     assert isinstance(t, Trainer)
-    for method in ("train_step", "state_dict", "load_state_dict", "encode"):
+    for method in ("train_step", "augment_pair", "state_dict", "load_state_dict", "encode"):
         want = [p.name for p in inspect.signature(getattr(Trainer, method)).parameters.values()]
         have = [p.name for p in inspect.signature(getattr(api.Trainer, method)).parameters.values()]
         assert have == want, f"{name} Trainer.{method}{have} differs from the protocol {want}"

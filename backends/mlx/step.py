@@ -377,7 +377,7 @@ class Trainer:
 
     def train_step(self, images_u8: np.ndarray, labels: np.ndarray | None, p1: ViewParams,
                    p2: ViewParams, lr: float, *, skip_nonfinite: bool = False,
-                   cropped: bool = False) -> dict[str, float]:
+                   cropped: bool = False, views=None) -> dict[str, float]:
         """One SimCLR step on uint8 images (N, H, W, 3) with the two views' parameters;
         ``labels`` (N,) int or None. Returns {"loss"[, "probe_loss", "probe_acc"]}.
 
@@ -388,13 +388,16 @@ class Trainer:
 
         ``cropped``: ``images_u8`` are the 2N views (2N, S, S, 3) the data workers already cut
         from the original images, [view 1 of every image; view 2 of every image]
-        (simclr_xb.data.StreamLoader); ``p1``/``p2`` supply flip, jitter, grayscale, blur."""
+        (simclr_xb.data.StreamLoader); ``p1``/``p2`` supply flip, jitter, grayscale, blur.
+
+        ``views``: the 2N augmented views as :meth:`augment_pair` returns them, used instead of
+        augmenting ``images_u8`` (the benchmark's model-only step: fixed views, moving weights)."""
         return self.train_step_async(images_u8, labels, p1, p2, lr, skip_nonfinite=skip_nonfinite,
-                                     cropped=cropped).result()
+                                     cropped=cropped, views=views).result()
 
     def train_step_async(self, images_u8: np.ndarray, labels: np.ndarray | None, p1: ViewParams,
                          p2: ViewParams, lr: float, *, skip_nonfinite: bool = False,
-                         cropped: bool = False, keep_before: bool = False) -> "PendingStep":
+                         cropped: bool = False, keep_before: bool = False, views=None) -> "PendingStep":
         """:meth:`train_step` without waiting for it: the step's outputs and the new state are
         handed to ``mx.async_eval`` and a :class:`PendingStep` is returned at once, so the
         host can prepare the next step (sample views, load the batch, build its graph) while
@@ -408,9 +411,13 @@ class Trainer:
             raise ValueError(f"labels must have shape ({n},), got {np.shape(labels)}")
         with mx.stream(self._dev):
             before = tree_map(lambda a: a, self._state) if keep_before else None
-            x = augment_cropped(np.asarray(images_u8, dtype=np.uint8), ViewParams.concat([p1, p2]),
-                                self.cfg.augment, convert.mx_dtype(self.dtype)) if cropped else \
-                self.augment_pair(images_u8, p1, p2)
+            if views is not None:
+                x = views
+            elif cropped:
+                x = augment_cropped(np.asarray(images_u8, dtype=np.uint8), ViewParams.concat([p1, p2]),
+                                    self.cfg.augment, convert.mx_dtype(self.dtype))
+            else:
+                x = self.augment_pair(images_u8, p1, p2)
             self.optimizer.learning_rate = lr
             self.model.train()
             y = mx.array(np.concatenate([labels, labels]).astype(np.int32)) if with_probe else None

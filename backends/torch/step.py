@@ -244,8 +244,16 @@ class Trainer:
         return self._net(x)
 
     # ------------------------------------------------------------------ the step
+    def augment_pair(self, images_u8, p1: ViewParams, p2: ViewParams) -> torch.Tensor:
+        """Both views of the batch as the step makes them: [view1; view2] (2N, 3, S, S) on the
+        device, a fresh tensor (the step itself writes into a buffer it reuses)."""
+        n = len(p1)
+        with torch.no_grad():
+            return self._views(to_tensor(images_u8, self._device), ViewParams.concat([p1, p2]),
+                               np.concatenate([np.arange(n), np.arange(n)]))
+
     def train_step(self, images_u8, labels, p1: ViewParams, p2: ViewParams, lr: float, *,
-                   skip_nonfinite: bool = False, cropped: bool = False) -> dict[str, float]:
+                   skip_nonfinite: bool = False, cropped: bool = False, views=None) -> dict[str, float]:
         """One SimCLR step on a batch of N uint8 NHWC images (numpy or tensor) and the two
         views' parameters; ``labels`` (N,) int or None. Returns {"loss"[, "probe_loss",
         "probe_acc"]} (see the module docstring).
@@ -257,12 +265,18 @@ class Trainer:
 
         ``cropped``: ``images_u8`` are the 2N views (2N, S, S, 3) the data workers already cut
         from the original images, [view 1 of every image; view 2 of every image]
-        (simclr_xb.data.StreamLoader); ``p1``/``p2`` supply flip, jitter, grayscale, blur."""
+        (simclr_xb.data.StreamLoader); ``p1``/``p2`` supply flip, jitter, grayscale, blur.
+
+        ``views``: the 2N augmented views as :meth:`augment_pair` returns them, used instead of
+        augmenting ``images_u8`` (the benchmark's model-only step: fixed views, moving weights)."""
         n, H, W = check_pair(images_u8, p1, p2, cropped)
-        images = to_tensor(images_u8, self._device)
-        source = np.concatenate([np.arange(n), np.arange(n)])
-        with torch.no_grad():
-            x = self._views(images, ViewParams.concat([p1, p2]), source, reuse=True, cropped=cropped)
+        if views is not None:
+            x = views
+        else:
+            images = to_tensor(images_u8, self._device)
+            source = np.concatenate([np.arange(n), np.arange(n)])
+            with torch.no_grad():
+                x = self._views(images, ViewParams.concat([p1, p2]), source, reuse=True, cropped=cropped)
         # BN buffers before the forward (small), to undo a skipped step's statistics update.
         buffers = [b.clone() for b in self.model.buffers()] if skip_nonfinite else None
         self.model.train()

@@ -100,8 +100,6 @@ def _batches(images: np.ndarray, cfg: Config, count: int = 8):
 
 def _torch_rows(arch: str, model, aug, batch: int, images, steps: int, repeats: int, log,
                 precisions: tuple[str, ...]) -> list[dict]:
-    import torch
-
     from simclr_xb.backends.torch.api import Trainer
     rows = []
     for pname in precisions:
@@ -111,12 +109,9 @@ def _torch_rows(arch: str, model, aug, batch: int, images, steps: int, repeats: 
         batches, params = _batches(images, cfg)
 
         p1, p2 = params(0)
-        n = len(batches[0])
-        with torch.no_grad():
-            x = tr._views(torch.from_numpy(batches[0]), type(p1).concat([p1, p2]),
-                          np.concatenate([np.arange(n)] * 2)).clone()
+        x = tr.augment_pair(batches[0], p1, p2)
         t = _time_interleaved({"e2e": _e2e_step(tr, batches, params),
-                               "model": _model_step(tr, batches, params, "_views", x)}, steps, repeats)
+                               "model": _model_step(tr, batches, params, x)}, steps, repeats)
         rows += _pair_rows(arch, "torch", pname, cfg, t["e2e"], t["model"], log)
     return rows
 
@@ -129,18 +124,13 @@ def _e2e_step(tr, batches, params):
     return e2e
 
 
-def _model_step(tr, batches, params, views_attr: str, x):
-    """The same step on views ``x`` made once (the trainer's ``views_attr`` method, which makes
-    the views, returns ``x`` during the step): the views stay fixed, the weights move."""
+def _model_step(tr, batches, params, x):
+    """The same step on views ``x`` made once (``train_step(..., views=x)``, ``x`` from the
+    trainer's ``augment_pair``): the views stay fixed, the weights move."""
     p1, p2 = params(0)
 
     def model(k):
-        real = getattr(tr, views_attr)
-        setattr(tr, views_attr, lambda *a, **kw: x)
-        try:
-            tr.train_step(batches[0], None, p1, p2, 0.1)
-        finally:
-            setattr(tr, views_attr, real)
+        tr.train_step(batches[0], None, p1, p2, 0.1, views=x)
     return model
 
 
@@ -158,7 +148,7 @@ def _mlx_rows(arch: str, model, aug, batch: int, images, steps: int, repeats: in
     with mx.stream(tr._dev):
         mx.eval(x)
     t = _time_interleaved({"e2e": _e2e_step(tr, batches, params),
-                           "model": _model_step(tr, batches, params, "augment_pair", x)}, steps, repeats)
+                           "model": _model_step(tr, batches, params, x)}, steps, repeats)
     return _pair_rows(arch, "mlx", "float32", cfg, t["e2e"], t["model"], log)
 
 
@@ -206,7 +196,6 @@ def _usual_row(arch: str, model, aug, batch: int, images, steps: int, repeats: i
               for k in range(total // batch)]
     loader = pillow_loader(imgs, params, batch, aug.image_size, workers)
     current = {}
-    tr._views = lambda *a, **kw: current["x"]
 
     def fresh_pass():
         current["it"] = iter(loader)
@@ -217,7 +206,7 @@ def _usual_row(arch: str, model, aug, batch: int, images, steps: int, repeats: i
         x1, x2 = next(current["it"])
         current["x"] = torch.cat([x1, x2])
         p1, p2 = params[lead + k % run_steps]
-        tr.train_step(imgs[:batch], None, p1, p2, 0.1)
+        tr.train_step(imgs[:batch], None, p1, p2, 0.1, views=current["x"])
     precision, cl = TORCH_PRECISIONS[best]
     ours_cfg = _config(model, aug, batch, precision, cl)
     ours = Trainer(ours_cfg, None, device="cpu")
