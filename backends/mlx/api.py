@@ -159,9 +159,11 @@ def conv2d(x, w, stride: int = 1, padding: int = 0, dtype: str = "float32",
                                  padding))
 
 
-def _run(module, prefix: str, x, weights, train: bool, dtype: str, device: str | None = None):
+def _run(module, weights, prefix: str, x, train: bool, dtype: str, device: str | None = None):
     """Load canonical ``weights`` into ``module`` (at ``prefix``), run it on x in the given
-    mode -> (out numpy, bn_updates numpy) with the updated BN buffers when training."""
+    mode -> (out numpy, bn_updates numpy) with the updated BN buffers when training. The torch
+    api's ``_run`` takes the same arguments in the same order; its prefixes end with "." (a
+    state_dict prefix), these do not (joined with "." by :mod:`.convert`)."""
     with convert.on_device(dtype, device):
         convert.set_canonical(module, weights, dtype, prefix)
         module.train(train)
@@ -174,20 +176,19 @@ def _run(module, prefix: str, x, weights, train: bool, dtype: str, device: str |
 def block(x, weights, spec: BlockSpec, train: bool, momentum: float = 0.1, eps: float = 1e-5,
           dtype: str = "float32", device: str | None = None):
     """One residual block -> (y, bn_updates)."""
-    return _run(make_block(spec, momentum, eps), spec.prefix, x, weights, train, dtype,
-                device)
+    return _run(make_block(spec, momentum, eps), weights, spec.prefix, x, train, dtype, device)
 
 
 def encoder(x, weights, cfg: ModelConfig, train: bool, dtype: str = "float32",
             device: str | None = None):
     """ResNet trunk -> (h (N, d), bn_updates)."""
-    return _run(ResNet(cfg), "encoder", x, weights, train, dtype, device)
+    return _run(ResNet(cfg), weights, "encoder", x, train, dtype, device)
 
 
 def head(h, weights, cfg: ModelConfig, train: bool, dtype: str = "float32",
          device: str | None = None):
     """Projection head -> (z (N, head_out), bn_updates)."""
-    return _run(ProjectionHead(cfg), "head", h, weights, train, dtype, device)
+    return _run(ProjectionHead(cfg), weights, "head", h, train, dtype, device)
 
 
 def forward(x, weights, cfg: Config | ModelConfig, train: bool, dtype: str = "float32",

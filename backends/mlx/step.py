@@ -236,7 +236,8 @@ class Trainer:
         device: "cpu", "gpu" or None (GPU when MLX has one; always CPU for float64).
         dist: a :class:`simclr_xb.distributed.DistContext` (None or world 1: one process;
             else data parallel with global negatives, global BN and averaged gradients,
-            :mod:`.distributed`; ``self.dist`` is then its :class:`.distributed.DataParallel`).
+            :mod:`.distributed`; as in the torch Trainer, ``self.dist`` is that context (None for
+            one process) and ``self._dp`` its :class:`.distributed.DataParallel`)
     """
 
     def __init__(self, cfg: Config, num_classes: int | None = None, device: str | None = None,
@@ -251,10 +252,11 @@ class Trainer:
             precision = "float32"
         self.cfg = cfg
         self.dtype = precision  # of the state and the views
-        self.dist = None
-        if active(dist) is not None:
+        self.dist = active(dist)
+        self._dp = None
+        if self.dist is not None:
             from .distributed import DataParallel
-            self.dist = DataParallel(dist)
+            self._dp = DataParallel(self.dist)
         self._dev = convert.device_for(precision, device)
         self.num_classes = num_classes if (num_classes and cfg.optim.probe) else None
         self.specs = model_specs(cfg.model, self.num_classes)
@@ -266,8 +268,8 @@ class Trainer:
                                               convert.mx_dtype(self.dtype))
             self.optimizer.init(self.model.trainable_parameters())
             mx.eval(self.model.state, self.optimizer.state)
-        if self.dist is not None:
-            self.dist.attach(self.model)  # global BN
+        if self._dp is not None:
+            self._dp.attach(self.model)  # global BN
         self._state = [self.model.state, self.optimizer.state]
         self._steps = {}
         self.compiled = bool(cfg.train.compile)
@@ -286,7 +288,7 @@ class Trainer:
         key = (with_probe, skip_nonfinite)
         if key in self._steps:
             return self._steps[key]
-        model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self.dist
+        model, opt, tau, dist = self.model, self.optimizer, self.cfg.loss.temperature, self._dp
 
         mixed = self.compute_dtype
 
@@ -357,8 +359,8 @@ class Trainer:
                if isinstance(m, BatchNorm)]
         try:
             _, z = self.model(x)
-            if self.dist is not None:
-                z = self.dist.gather_views(z)
+            if self._dp is not None:
+                z = self._dp.gather_views(z)
             mx.eval(z)
         finally:  # also when the forward fails (e.g. out of memory): the trainer stays usable
             for m, buffers in bns:
