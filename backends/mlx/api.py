@@ -176,7 +176,8 @@ def _run(module, weights, prefix: str, x, train: bool, dtype: str, device: str |
 def block(x, weights, spec: BlockSpec, train: bool, momentum: float = 0.1, eps: float = 1e-5,
           dtype: str = "float32", device: str | None = None):
     """One residual block -> (y, bn_updates)."""
-    return _run(make_block(spec, momentum, eps), weights, spec.prefix, x, train, dtype, device)
+    mcfg = ModelConfig(bn_momentum=momentum, bn_eps=eps)
+    return _run(make_block(spec, mcfg), weights, spec.prefix, x, train, dtype, device)
 
 
 def encoder(x, weights, cfg: ModelConfig, train: bool, dtype: str = "float32",

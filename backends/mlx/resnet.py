@@ -88,13 +88,14 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-def make_block(spec: BlockSpec, momentum: float = 0.1, eps: float = 1e-5) -> nn.Module:
-    """One residual block from its :class:`~simclr_xb.resnet_spec.BlockSpec`."""
+def make_block(spec: BlockSpec, cfg: ModelConfig) -> nn.Module:
+    """One residual block from its :class:`~simclr_xb.resnet_spec.BlockSpec`, with the BN
+    momentum and epsilon of ``cfg`` (the torch backend's ``make_block(spec, cfg)``)."""
     cls = BLOCK_TYPES[spec.kind]
     if spec.planes * cls.expansion != spec.out_ch:
         raise ValueError(f"block {spec.prefix}: out_ch {spec.out_ch} != planes {spec.planes} "
                          f"x expansion {cls.expansion}")
-    return cls(spec.in_ch, spec.planes, spec.stride, spec.downsample, momentum, eps)
+    return cls(spec.in_ch, spec.planes, spec.stride, spec.downsample, cfg.bn_momentum, cfg.bn_eps)
 
 
 _MAXPOOL = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # ImageNet stem, torchvision's
@@ -116,7 +117,7 @@ class ResNet(nn.Module):
         stages: dict[str, list] = {}
         for spec in lay.blocks:  # prefixes encoder.layer{s}.{b}, in order
             stage = spec.prefix.split(".")[1]
-            stages.setdefault(stage, []).append(make_block(spec, cfg.bn_momentum, cfg.bn_eps))
+            stages.setdefault(stage, []).append(make_block(spec, cfg))
         for name, blocks in stages.items():
             setattr(self, name, blocks)
         if cfg.zero_init_residual:
