@@ -53,9 +53,9 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "torch, 2.2e-4 mlx vs the oracle, 1.7e-5 torch vs mlx; the oracle's own spread over 20 "
         "float32-rounded starts and over 20 runs with float32-rounded conv/BN outputs: max 2.2e-4. "
         "Teeth (tests/test_conformance.py): a 1% error in d(encoder.bn1.weight) moves it 5.2e-2, "
-        "BN backward with the unbiased variance 1.5e-1, running_var biased 3.6e-2. Before "
-        "(lr 0.1 .. 0.02, atol 8e-2): 4.6e-4 torch, 5.9e-2 mlx, oracle spread 2.2e-2. "
-        "docs/float32.md. The same case in float64 passes at 1e-10."))},
+        "BN backward with the unbiased variance 1.5e-1, running_var biased 3.6e-2. "
+        "History of this entry: docs/conformance.md; the analysis: docs/float32.md. "
+        "The same case in float64 passes at 1e-10."))},
     # The data workers' decode + crop + resize (uint8 views / 255) against the float64 oracle
     # reference.crop_resize_antialias on the fully decoded image (Pillow 13.0, libjpeg-turbo
     # 6.2, 2026-12-01; measured over case seeds 0-5).

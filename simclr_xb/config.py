@@ -513,15 +513,9 @@ def _cifar() -> Config:
 def _tiny() -> Config:
     """A narrow ResNet-18 (width 16) that trains in minutes on 2 CPU cores.
 
-    Departs from the CIFAR recipe where a 10-epoch CPU budget on 32 px ``shapes`` needs it
-    (measured, torch bf16, 10 epochs, linear probe on h; random-init encoder 23.6%):
-    tau 0.5 / s 0.5 / crop (0.08, 1) / batch 256 -> 26.3%; tau 0.2 and s 1.0 -> 32.9%;
-    crop (0.2, 1) -> 37.3%; crop (0.35, 1) -> 45.2%; then batch 128 (twice the steps,
-    sqrt-scaled lr 0.85) -> 63.5% (crop (0.2, 1) at batch 128: 46.4%, crop (0.5, 1): 51.3%).
-    An 8%-area crop of a 32 px image is 9x9 px: a fragment of the shape, or only background.
-    It keeps the torchvision recipe, the eq. 1 loss scale and Kaiming init: every number above
-    was measured with them (and its lr tuned under them); the official tf2 recipe is one
-    override away (augment.recipe=tf2 loss.reduction=tf2 ...), see README.
+    Departs from the CIFAR recipe (tau 0.2, crop (0.35, 1), batch 128, sqrt lr scaling) where a
+    10-epoch CPU budget on 32 px ``shapes`` needs it; the runs behind each choice:
+    docs/tiny-preset.md. Keeps the torchvision recipe, the eq. 1 loss scale and Kaiming init.
     """
     return Config(
         model=ModelConfig(arch="resnet18", width=0.25, cifar_stem=True, head_hidden=None, head_out=64),

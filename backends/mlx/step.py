@@ -21,9 +21,7 @@ running stats and ``num_batches_tracked`` (frozen arrays of the model state), th
 and the learning rate all flow in and out of the compiled graph, so the lr (an array in the
 optimizer state, written every step) never causes a retrace. When False (the config default)
 the same function runs eagerly; MLX is lazy either way and the results agree to float32
-rounding. Measured on a 2-core Linux CPU (mlx 0.32.4): warm steps cost the same compiled or
-not (0.03 s for ResNet-18 width 0.125, 16 px, N=4), but the first compiled call JIT-builds its
-fused C++ kernels (25-50 s, cached under the temp dir per shape); on Metal compiling pays off.
+rounding. What compiling costs and saves: benchmarks/README.md, "Notes moved from the code".
 Augmentation (step 1) always runs eagerly because its gathers have per-step shapes (see
 :mod:`.augment`); it is evaluated with the step (one ``mx.async_eval``).
 

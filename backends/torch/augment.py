@@ -12,25 +12,8 @@ happens only in :mod:`.convert`. Per-view parameters arrive as numpy arrays (hos
 index sets and interpolation taps are computed on the host in float64 exactly as the oracle
 does, then moved to the device.
 
-Cost model (what makes this fast; the ``augment`` benchmark, benchmarks/README.md, measures
-it against the per-image Pillow pipeline in a multi-worker DataLoader):
-
-* the crop gathers only the needed rows straight from the uint8 source, blends them
-  (bilinear is separable: rows, then columns; the oracle blends columns first, which differs
-  by rounding only) and gathers the columns, with the flip folded into the column taps;
-* colour jitter copies the jittered views out once, sorted by their op at position 0, runs
-  each op in place on the contiguous run of views that have it there, re-sorts before each
-  later position and copies back: exactly 4 op evaluations per jittered view, none for the
-  others; grayscale and blur also touch only their views; the blur is separable (two
-  grouped convolutions, one kernel per (view, channel));
-* on the CPU, :func:`augment` runs crop, jitter and grayscale on chunks of views of a few
-  MB so the dozens of elementwise passes (the hue rotation has ~30) stay in cache, and
-  temporaries live in per-thread scratch buffers: a fresh multi-MB CPU tensor is
-  page-faulted in on every call, which costs more than the arithmetic. On a GPU the whole
-  batch is one chunk and the caching allocator replaces the scratch buffers;
-* on the CPU the chunks (and the blur's groups) are spread over a pool of Python threads
-  whose torch ops are single-threaded (:func:`cpu_pool`) instead of forking an OpenMP team
-  per op: a few dozen independent chunks parallelise without a barrier per op.
+Why it is fast (crop gathers, sorted jitter runs, CPU chunks and scratch buffers, a thread
+pool instead of OpenMP per op): the cost model in benchmarks/README.md, "Notes moved from the code".
 """
 from __future__ import annotations
 
