@@ -19,7 +19,7 @@ TORCH  ?= torch==2.13.0
 OPENBLAS ?= $(lastword $(sort $(wildcard /usr/lib/*-linux-gnu/openblas-pthread/libopenblasp-r*.so)))
 RUNENV := $(if $(and $(OPENBLAS),$(wildcard $(OPENBLAS))),LD_PRELOAD=$(OPENBLAS),)
 
-.PHONY: install demo test conformance conformance-tf2 clean
+.PHONY: install demo test lint conformance conformance-tf2 clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" && $(PYTHON) -c '$(PY_OK)' 2>/dev/null || { echo "$(PY_MISSING)" >&2; exit 1; }
@@ -36,6 +36,11 @@ demo: install
 
 test: install
 	$(RUNENV) $(BIN)/python -m pytest -q
+
+# ruff with the configuration in pyproject.toml ([tool.ruff]); installed into the venv once.
+lint: install
+	$(BIN)/ruff --version >/dev/null 2>&1 || $(BIN)/python -m pip install -q "ruff>=0.6"
+	$(BIN)/ruff check .
 
 conformance: install
 	$(RUNENV) $(BIN)/simclr-xb conformance
