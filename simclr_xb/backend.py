@@ -40,8 +40,10 @@ implementations, "mlx-cpu" and "mlx-gpu" (simclr_xb.conformance.runner).
 The training loop (:mod:`simclr_xb.train`) uses one more object, ``api.Trainer``, typed as
 :class:`Trainer` below:
 
-  Trainer(cfg: Config, num_classes: int | None, device: str | None = None, dist=None)
-      # dist: a simclr_xb.distributed.DistContext (global BN, global negatives) or None
+  Trainer(cfg: Config, num_classes: int | None, device: str | None = None, dist=None, *,
+          encode_only=False)
+      # dist: a simclr_xb.distributed.DistContext (global BN, global negatives) or None;
+      # encode_only: no optimizer (evaluation): encode and the weights only
   .device -> str                                   # e.g. "cpu", "cuda:0", "gpu"
   .train_step(images_u8, labels, p1, p2, lr, *, skip_nonfinite=False, cropped=False, views=None)
       -> dict

@@ -223,7 +223,7 @@ def evaluate(cfg, weights: dict | None, data_spec: str | None = None, backend: s
         out["features"] = "raw pixels"
     else:
         backend = pick_backend(backend)
-        trainer = get_backend(backend).Trainer(cfg, None, device=device)
+        trainer = get_backend(backend).Trainer(cfg, None, device=device, encode_only=True)
         if weights is not None:
             trainer.load_state_dict(encoder_weights(weights, cfg.model))
         log(f"encoding {out['n_train']} + {out['n_test']} images with the {backend} backend on "

@@ -46,7 +46,7 @@ def extract_features(ckpt, out: str | Path, data_spec: str | None = None, split:
     cfg = ckpt.config.with_value("train.precision", "float32").validate()
     spec = data_spec or cfg.data.name
     backend = pick_backend(backend, ckpt.backend or None)
-    trainer = get_backend(backend).Trainer(cfg, None, device=device)
+    trainer = get_backend(backend).Trainer(cfg, None, device=device, encode_only=True)
     trainer.load_state_dict(encoder_weights(ckpt.weights, cfg.model))
     project = backend_module(backend, "finetune").head_features
     t0 = time.perf_counter()

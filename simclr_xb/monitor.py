@@ -103,7 +103,7 @@ class KnnMonitor:
             if cfg.train.precision == "bfloat16":
                 cfg = cfg.with_value("train.precision", "float32")
             cfg = cfg.with_value("train.compile", False).validate()
-            self._encoder = get_backend(self.backend).Trainer(cfg, None, device=self.device)
+            self._encoder = get_backend(self.backend).Trainer(cfg, None, device=self.device, encode_only=True)
         return self._encoder
 
     def check(self, trainer, step: int) -> dict:

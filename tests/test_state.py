@@ -68,3 +68,22 @@ def test_both_trainers_meet_the_protocol(name):
         want = [p.name for p in inspect.signature(getattr(Trainer, method)).parameters.values()]
         have = [p.name for p in inspect.signature(getattr(api.Trainer, method)).parameters.values()]
         assert have == want, f"{name} Trainer.{method}{have} differs from the protocol {want}"
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_an_encode_only_trainer_has_no_optimizer_and_encodes_the_same(name):
+    try:
+        api = get_backend(name)
+    except BackendUnavailable:
+        pytest.skip(f"{name} not installed")
+    cfg = preset("tiny").with_value("model.width", 0.125).with_value("augment.image_size", 16).validate()
+    full, enc = api.Trainer(cfg, None, device="cpu"), api.Trainer(cfg, None, device="cpu", encode_only=True)
+    assert enc.optimizer is None and full.optimizer is not None
+    weights, _ = split_state(full.state_dict())
+    enc.load_state_dict(full.state_dict())  # momenta in the state are not kept
+    assert set(enc.state_dict()) == set(weights)
+    images = np.random.default_rng(0).integers(0, 256, (5, 20, 20, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(enc.encode(images, batch_size=2), full.encode(images, batch_size=2))
+    p1, p2 = sample_pair(cfg.augment, 5, (20, 20), 0, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="encode_only=True"):
+        enc.train_step(images, None, p1, p2, 0.1)

@@ -235,11 +235,13 @@ class Trainer:
         dist: a :class:`simclr_xb.distributed.DistContext` (None or world 1: one process;
             else data parallel with global negatives, global BN and averaged gradients,
             :mod:`.distributed`; as in the torch Trainer, ``self.dist`` is that context (None for
-            one process) and ``self._dp`` its :class:`.distributed.DataParallel`)
+            one process) and ``self._dp`` its :class:`.distributed.DataParallel`).
+        encode_only: no optimizer (evaluation): ``encode`` and the weights only, ``train_step``
+            refuses.
     """
 
     def __init__(self, cfg: Config, num_classes: int | None = None, device: str | None = None,
-                 dist=None):
+                 dist=None, *, encode_only: bool = False):
         cfg.validate()
         precision = cfg.train.precision
         # bfloat16: mixed precision as torch's autocast keeps it: float32 master weights, BN
@@ -262,13 +264,15 @@ class Trainer:
             self.model = SimCLRModel(cfg.model, self.num_classes)
             set_weights(self.model, init_weights(cfg.model, cfg.train.seed, self.num_classes),
                         self.dtype)
-            self.optimizer = LARS.from_config(cfg.optim, lars_excluded_tree(self.specs),
-                                              convert.mx_dtype(self.dtype))
-            self.optimizer.init(self.model.trainable_parameters())
-            mx.eval(self.model.state, self.optimizer.state)
+            # encode_only (evaluation, features, the kNN monitor): no LARS and no momenta
+            self.optimizer = None if encode_only else LARS.from_config(
+                cfg.optim, lars_excluded_tree(self.specs), convert.mx_dtype(self.dtype))
+            if self.optimizer is not None:
+                self.optimizer.init(self.model.trainable_parameters())
+            mx.eval(self.model.state, self.optimizer.state if self.optimizer is not None else [])
         if self._dp is not None:
             self._dp.attach(self.model)  # global BN
-        self._state = [self.model.state, self.optimizer.state]
+        self._state = [self.model.state] + ([self.optimizer.state] if self.optimizer is not None else [])
         self._steps = {}
         self.compiled = bool(cfg.train.compile)
         self.traces = 0  # times the step function body ran in Python (= traces when compiled)
@@ -405,6 +409,9 @@ class Trainer:
         same numbers: the graph is the same). ``keep_before``: hold the state from before the
         step so that :meth:`PendingStep.discard` can undo it (the loop launches one step ahead
         and undoes it when it stops early)."""
+        if self.optimizer is None:
+            raise RuntimeError("this Trainer was built with encode_only=True (no optimizer): it encodes, "
+                               "it does not train")
         n, H, W = check_pair(images_u8, p1, p2, cropped)
         with_probe = self.num_classes is not None and labels is not None
         if with_probe and np.shape(labels) != (n,):
@@ -444,7 +451,7 @@ class Trainer:
         """Canonical weights + BN buffers (OIHW convs; float32, or float64 with that precision;
         num_batches_tracked int64) and ``momentum/<name>`` for every trainable parameter."""
         out = get_weights(self.model)
-        for path, v in self.optimizer.momenta().items():
+        for path, v in (self.optimizer.momenta() if self.optimizer is not None else {}).items():
             name = convert.to_canonical_name(path)
             out[MOMENTUM_PREFIX + name] = convert.relayout(convert.to_numpy(v), convert.MLX_CONV,
                                                            convert.CANONICAL_CONV)
@@ -463,6 +470,9 @@ class Trainer:
             momenta = {s.name: np.zeros(s.shape) for s in trainable}
         with mx.stream(self._dev):
             set_weights(self.model, weights, self.dtype)
+            if self.optimizer is None:  # encode_only: momenta are not kept
+                mx.eval(self._state)
+                return
             self.optimizer.set_momenta({
                 convert.to_mlx_path(k): convert.to_mx(
                     np.ascontiguousarray(convert.relayout(np.asarray(v), convert.CANONICAL_CONV,

@@ -156,11 +156,12 @@ class Trainer:
     else "cpu"; dist: a :class:`simclr_xb.distributed.DistContext` (None or world 1: one
     process; else data parallel, see the module docstring; device None/"cuda" then means
     cuda:LOCAL_RANK); weights:
-    optional canonical start weights instead of ``init_weights(cfg.model, cfg.train.seed)``.
+    optional canonical start weights instead of ``init_weights(cfg.model, cfg.train.seed)``;
+    encode_only: no optimizer (evaluation): ``encode`` and the weights only, ``train_step`` refuses.
     """
 
     def __init__(self, cfg: Config, num_classes: int | None = None, device: str | None = None,
-                 dist=None, *, weights: dict[str, np.ndarray] | None = None):
+                 dist=None, *, weights: dict[str, np.ndarray] | None = None, encode_only: bool = False):
         cfg.validate()
         self.cfg = cfg
         # Data parallel (world > 1): join the process group, pick cuda:LOCAL_RANK, global BN.
@@ -193,8 +194,10 @@ class Trainer:
             raise RuntimeError(f"model parameters {sorted(names ^ set(excluded))[:5]} do not match "
                                "the canonical trainable entries")
         o = cfg.optim
-        self.optimizer = LARS(self.model.named_parameters(), excluded, lr=0.0, momentum=o.momentum,
-                              weight_decay=o.weight_decay, eta=o.eta, nesterov=o.nesterov)
+        # encode_only (evaluation, features, the kNN monitor): no LARS and no momenta
+        self.optimizer = None if encode_only else LARS(
+            self.model.named_parameters(), excluded, lr=0.0, momentum=o.momentum,
+            weight_decay=o.weight_decay, eta=o.eta, nesterov=o.nesterov)
         # Swap point for distributed training: z (2N_local, d) -> scalar loss.
         red = cfg.loss.reduction  # "mean" (eq. 1) or "tf2" (2x, the official objective.py)
         self.loss_fn = partial(nt_xent, tau=cfg.loss.temperature, reduction=red) if cfg.loss.chunk is None else \
@@ -269,6 +272,9 @@ class Trainer:
 
         ``views``: the 2N augmented views as :meth:`augment_pair` returns them, used instead of
         augmenting ``images_u8`` (the benchmark's model-only step: fixed views, moving weights)."""
+        if self.optimizer is None:
+            raise RuntimeError("this Trainer was built with encode_only=True (no optimizer): it encodes, "
+                               "it does not train")
         n, H, W = check_pair(images_u8, p1, p2, cropped)
         if views is not None:
             x = views
@@ -329,6 +335,8 @@ class Trainer:
         """Canonical weights (float32, or float64 under precision float64; num_batches_tracked
         int64) plus ``momentum/<name>`` for every trainable parameter."""
         out = get_weights(self.model, float_dtype=self._np_float())
+        if self.optimizer is None:  # encode_only
+            return out
         return merge_state(out, weights_to_numpy(self.optimizer.momentum_buffers(), self._np_float()))
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -342,6 +350,8 @@ class Trainer:
             trainable = [ParamSpec(MOMENTUM_PREFIX + s.name, s.shape, s.kind) for s in self.specs if s.trainable]
             check_weights(merge_state({}, momenta), trainable, "state_dict momenta")
         set_weights(self.model, weights, where="state_dict")
+        if self.optimizer is None:  # encode_only: momenta are not kept
+            return
         bufs = self.optimizer.momentum_buffers()
         if momenta:
             self.optimizer.set_momentum_buffers(weights_to_torch(momenta, bufs))
