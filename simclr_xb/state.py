@@ -69,6 +69,17 @@ def check_pair(images_u8, p1: ViewParams, p2: ViewParams, cropped: bool = False)
     return n, H, W
 
 
+def check_labelled(images_u8, labels, params: ViewParams) -> tuple[int, int, int]:
+    """(N, H, W) of a fine-tuning step's input: images as :func:`check_images`, one view and
+    one label per image, the views valid for images of (H, W)."""
+    n, H, W = check_images(images_u8, "images")
+    if len(params) != n or np.shape(labels) != (n,):
+        raise ValueError(f"{n} images need {n} view parameters and labels of shape ({n},), got "
+                         f"{len(params)} and {np.shape(labels)}")
+    params.validate((H, W))
+    return n, H, W
+
+
 def identity_batches(images_u8, batch_size: int) -> Iterator[tuple[object, ViewParams]]:
     """``(chunk, identity_params(len(chunk), (H, W)))`` over ``images_u8`` (N, H, W, 3),
     ``batch_size`` images at a time: the loop behind every backend's ``encode`` and ``predict``."""

@@ -55,12 +55,16 @@ def test_identity_batches_cover_the_images_in_order():
         identity_batches(images, 0)  # at once, not at the first batch
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-def test_both_trainers_meet_the_protocol(name):
+def api_of(name):
     try:
-        api = get_backend(name)
+        return get_backend(name)
     except BackendUnavailable:
         pytest.skip(f"{name} not installed")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_both_trainers_meet_the_protocol(name):
+    api = api_of(name)
     cfg = preset("tiny")
     t = api.Trainer(cfg, None, device="cpu")
     assert isinstance(t, Trainer)
@@ -72,10 +76,7 @@ def test_both_trainers_meet_the_protocol(name):
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_an_encode_only_trainer_has_no_optimizer_and_encodes_the_same(name):
-    try:
-        api = get_backend(name)
-    except BackendUnavailable:
-        pytest.skip(f"{name} not installed")
+    api = api_of(name)
     cfg = preset("tiny").with_value("model.width", 0.125).with_value("augment.image_size", 16).validate()
     full, enc = api.Trainer(cfg, None, device="cpu"), api.Trainer(cfg, None, device="cpu", encode_only=True)
     assert enc.optimizer is None and full.optimizer is not None

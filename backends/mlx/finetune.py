@@ -21,7 +21,7 @@ from simclr_xb.augment import ViewParams
 from simclr_xb.config import AugmentConfig, ModelConfig
 from simclr_xb.finetune import FinetuneConfig, classifier_specs, excluded_flags
 from simclr_xb.resnet_spec import check_weights, feature_dim
-from simclr_xb.state import check_images
+from simclr_xb.state import check_images, check_labelled
 
 from . import convert
 from .augment import augment
@@ -85,11 +85,7 @@ class FinetuneTrainer:
                    lr: float) -> dict[str, float]:
         """One step of cross-entropy on the views ``params`` of uint8 NHWC ``images_u8`` with
         BatchNorm in train mode -> {"loss", "acc" (percent, on these views)}."""
-        n, H, W = check_images(images_u8, "images")
-        if len(params) != n or np.shape(labels) != (n,):
-            raise ValueError(f"{n} images need {n} view parameters and labels of shape ({n},), got "
-                             f"{len(params)} and {np.shape(labels)}")
-        params.validate((H, W))
+        check_labelled(images_u8, labels, params)
         with mx.stream(self._dev):
             x = augment(np.asarray(images_u8), params, self.aug_cfg, convert.mx_dtype(self.dtype))
             y = mx.array(np.asarray(labels, dtype=np.int32))

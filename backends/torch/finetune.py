@@ -20,7 +20,7 @@ from simclr_xb.augment import ViewParams
 from simclr_xb.config import AugmentConfig, ModelConfig
 from simclr_xb.finetune import FinetuneConfig, classifier_specs, excluded_flags
 from simclr_xb.resnet_spec import check_weights, feature_dim
-from simclr_xb.state import check_images
+from simclr_xb.state import check_images, check_labelled
 
 from .augment import augment
 from .convert import resolve_device, to_numpy, to_tensor
@@ -84,11 +84,7 @@ class FinetuneTrainer:
                    lr: float) -> dict[str, float]:
         """One step of cross-entropy on the views ``params`` of uint8 NHWC ``images_u8`` with
         BatchNorm in train mode -> {"loss", "acc" (percent, on these views)}."""
-        n, H, W = check_images(images_u8, "images")
-        if len(params) != n or np.shape(labels) != (n,):
-            raise ValueError(f"{n} images need {n} view parameters and labels of shape ({n},), got "
-                             f"{len(params)} and {np.shape(labels)}")
-        params.validate((H, W))
+        check_labelled(images_u8, labels, params)
         # Views under inference_mode, then cloned into a normal tensor: the augment module
         # keeps per-thread CPU scratch buffers, and one first allocated under inference_mode
         # (e.g. by Trainer.encode) cannot be written outside it. Costs one copy of the batch.
