@@ -158,13 +158,20 @@ def implementations(backends: list[str], with_oracle: bool = True,
         if dev == "gpu" and "gpu" not in api.devices():
             skipped[name] = "MLX has no GPU on this machine (Metal needs Apple silicon)"
             continue
-        if dev is None:
-            impls[name] = (lambda api: lambda fn, *args, dtype, **kw: getattr(api, fn)(
-                *args, dtype=dtype, **kw))(api)
-        else:
-            impls[name] = (lambda api, dev: lambda fn, *args, dtype, **kw: getattr(api, fn)(
-                *args, dtype=dtype, device=dev, **kw))(api, dev)
+        impls[name] = _api_call(api, dev)
     return impls, skipped
+
+
+def _api_call(api, dev: str | None):
+    """``call(fn, *args, dtype, **kw)``: ``api.fn`` (on MLX device ``dev`` when given)."""
+    if dev is None:
+        return lambda fn, *args, dtype, **kw: getattr(api, fn)(*args, dtype=dtype, **kw)
+    return lambda fn, *args, dtype, **kw: getattr(api, fn)(*args, dtype=dtype, device=dev, **kw)
+
+
+def _bind(call, dtype: str, kwargs: dict):
+    """``call`` with the case's dtype and keyword arguments bound: ``bound(fn, *args)``."""
+    return lambda fn, *a: call(fn, *a, dtype=dtype, **kwargs)
 
 
 def _pairs(names: list[str], oracle: bool) -> list[tuple[str, str]]:
@@ -247,7 +254,7 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
         t0 = time.perf_counter()
         try:
             args = case.make(np.random.default_rng(case.seed), dtype)
-            bound = (lambda call: lambda fn, *a: call(fn, *a, dtype=dtype, **case.kwargs))(call)
+            bound = _bind(call, dtype, case.kwargs)
             outputs[name] = bound(case.fn, *args) if isinstance(case.fn, str) else case.fn(bound, *args)
         except Exception as e:  # noqa: BLE001
             errors[name] = f"{type(e).__name__}: {e}"

@@ -162,8 +162,7 @@ def conv2d(x, w, stride: int = 1, padding: int = 0, dtype: str = "float32",
 def _run(module, weights, prefix: str, x, train: bool, dtype: str, device: str | None = None):
     """Load canonical ``weights`` into ``module`` (at ``prefix``), run it on x in the given
     mode -> (out numpy, bn_updates numpy) with the updated BN buffers when training. The torch
-    api's ``_run`` takes the same arguments in the same order; its prefixes end with "." (a
-    state_dict prefix), these do not (joined with "." by :mod:`.convert`)."""
+    api's ``_run`` takes the same arguments, in the same order, with the same prefixes."""
     with convert.on_device(dtype, device):
         convert.set_canonical(module, weights, dtype, prefix)
         module.train(train)

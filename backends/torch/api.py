@@ -90,9 +90,11 @@ def _materialise(build: Callable[[], nn.Module], dtype) -> nn.Module:
 
 
 def _run(module: nn.Module, weights: dict, prefix: str, x: torch.Tensor, train: bool):
-    """Load ``weights`` under ``prefix`` into module, run it in train/eval mode, and return
-    (output, bn_updates): the new running stats and num_batches_tracked in train mode
-    (canonical names, as reference), {} in eval mode."""
+    """Load ``weights`` under ``prefix`` (the module's place in the canonical tree: "encoder",
+    "head", "encoder.layer1.0", "" for the whole model; as the MLX api's ``_run``) into module,
+    run it in train/eval mode, and return (output, bn_updates): the new running stats and
+    num_batches_tracked in train mode (canonical names, as reference), {} in eval mode."""
+    prefix = f"{prefix}." if prefix else ""  # a state_dict key prefix
     set_weights(module, weights, prefix)
     module.train(train)
     with torch.no_grad():
@@ -196,21 +198,21 @@ def block(x, weights, spec: BlockSpec, train, momentum=0.1, eps=1e-5, dtype="flo
     """One residual block (canonical weights under ``spec.prefix``) -> (y NHWC, bn_updates)."""
     mcfg = ModelConfig(bn_momentum=momentum, bn_eps=eps)
     mod = _materialise(lambda: make_block(spec, mcfg), dtype)
-    y, up = _run(mod, weights, spec.prefix + ".", _img(x, dtype), bool(train))
+    y, up = _run(mod, weights, spec.prefix, _img(x, dtype), bool(train))
     return _out(y), up
 
 
 def encoder(x, weights, cfg: ModelConfig, train, dtype="float32"):
     """ResNet f: NHWC images -> (h (N, feature_dim), bn_updates)."""
     mod = _materialise(lambda: ResNet(cfg), dtype)
-    h, up = _run(mod, weights, "encoder.", _img(x, dtype), bool(train))
+    h, up = _run(mod, weights, "encoder", _img(x, dtype), bool(train))
     return _np(h), up
 
 
 def head(h, weights, cfg: ModelConfig, train, dtype="float32"):
     """Projection head g: h (N, d) -> (z (N, head_out), bn_updates)."""
     mod = _materialise(lambda: ProjectionHead(cfg), dtype)
-    z, up = _run(mod, weights, "head.", to_tensor(np.asarray(h), DEVICE, dtype), bool(train))
+    z, up = _run(mod, weights, "head", to_tensor(np.asarray(h), DEVICE, dtype), bool(train))
     return _np(z), up
 
 
