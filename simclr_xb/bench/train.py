@@ -215,7 +215,7 @@ def _usual_row(arch: str, model, aug, batch: int, images, steps: int, repeats: i
                               run_steps, repeats, before={"usual": fresh_pass})
     t = timed["usual"]
     current.clear()
-    del loader
+    loader = None  # ends the DataLoader and its workers (the closures above share this variable)
     n, S = batch, aug.image_size
     flops = step_flops(cfg.model, S, n)
     row = {"arch": arch, "backend": "torch", "precision": "float32", "mode": "usual", "batch": n,
