@@ -103,8 +103,9 @@ def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
     return convert.get_canonical(model)
 
 
-def set_weights(model: nn.Module, weights: dict[str, np.ndarray], dtype: str = "float32") -> None:
-    """Load canonical numpy ``weights`` (OIHW convs) into ``model`` in place."""
+def set_weights(model: nn.Module, weights: dict[str, np.ndarray], *, dtype: str = "float32") -> None:
+    """Load canonical numpy ``weights`` (OIHW convs) into ``model`` in place (torch's
+    ``set_weights(module, weights, ...)``: the same two positional arguments, options by keyword)."""
     convert.set_canonical(model, weights, dtype)
 
 
@@ -263,7 +264,7 @@ class Trainer:
         with mx.stream(self._dev):
             self.model = SimCLRModel(cfg.model, self.num_classes)
             set_weights(self.model, init_weights(cfg.model, cfg.train.seed, self.num_classes),
-                        self.dtype)
+                        dtype=self.dtype)
             # encode_only (evaluation, features, the kNN monitor): no LARS and no momenta
             self.optimizer = None if encode_only else LARS.from_config(
                 cfg.optim, lars_excluded_tree(self.specs), convert.mx_dtype(self.dtype))
@@ -469,7 +470,7 @@ class Trainer:
         else:
             momenta = {s.name: np.zeros(s.shape) for s in trainable}
         with mx.stream(self._dev):
-            set_weights(self.model, weights, self.dtype)
+            set_weights(self.model, weights, dtype=self.dtype)
             if self.optimizer is None:  # encode_only: momenta are not kept
                 mx.eval(self._state)
                 return
