@@ -69,6 +69,7 @@ def on_device(dtype: str, device: str | None = None):
 
 
 def device_name(dev) -> str:
+    """The device as the Trainer reports it ("cpu" | "gpu"); the torch convert has the same name."""
     return "gpu" if dev == mx.gpu else "cpu"
 
 
@@ -85,11 +86,12 @@ def to_mx(a, dtype: str | None = None) -> mx.array:
     return mx.array(a)
 
 
-def to_numpy(a: mx.array) -> np.ndarray:
-    """mx.array -> numpy (a copy; bfloat16 is widened to float32)."""
+def to_numpy(a: mx.array, dtype: np.dtype | str | None = None) -> np.ndarray:
+    """mx.array -> numpy (a copy; bfloat16 is widened to float32); ``dtype`` casts the result
+    (the torch convert's ``to_numpy(t, dtype)``)."""
     if a.dtype == mx.bfloat16:
         a = a.astype(mx.float32)
-    return np.array(a)
+    return np.array(a, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- layout

@@ -41,6 +41,11 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def device_name(dev: torch.device) -> str:
+    """The device as the Trainer reports it ("cpu", "cuda:0"); MLX's convert has the same name."""
+    return str(dev)
+
+
 def to_tensor(a, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> torch.Tensor:
     """numpy array (or scalar, or tensor) -> tensor on ``device``; ``dtype`` None keeps the
     array's own dtype (uint8 stays uint8, int64 stays int64)."""

@@ -49,7 +49,7 @@ from simclr_xb.state import (MOMENTUM_PREFIX, PROBE_EPS, check_images, check_pai
                              split_state)
 
 from .augment import augment, augment_cropped
-from .convert import resolve_device, to_tensor, weights_to_numpy, weights_to_torch
+from .convert import device_name, resolve_device, to_tensor, weights_to_numpy, weights_to_torch
 from .head import ProjectionHead
 from .lars import LARS
 from .layers import NormLayer, batch_norm
@@ -214,7 +214,7 @@ class Trainer:
 
     @property
     def device(self) -> str:
-        return str(self._device)
+        return device_name(self._device)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
