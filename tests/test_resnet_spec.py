@@ -182,3 +182,23 @@ def test_check_weights_messages():
     msg = str(e.value)
     assert "missing 1" in msg and "head.0.bn.running_var" in msg
     assert "unexpected 1" in msg and "encoder.fc.weight" in msg
+
+
+@pytest.mark.parametrize("cifar_stem", [True, False])
+def test_stage_sides_match_the_torch_model(cifar_stem):
+    """resnet_spec.stage_sides (the small-image warning's geometry) against the feature maps
+    the torch encoder really makes, S = 8..69 (docs/bad-inputs.md)."""
+    torch = pytest.importorskip("torch")
+    from simclr_xb.backends.torch.resnet import ResNet
+    from simclr_xb.resnet_spec import stage_sides
+    cfg = ModelConfig(arch="resnet18", width=0.125, cifar_stem=cifar_stem)
+    net = ResNet(cfg).eval()
+    seen = {}
+    net.maxpool.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", o.shape[-1]))
+    for k in range(1, 5):
+        getattr(net, f"layer{k}").register_forward_hook(
+            lambda m, i, o, k=k: seen.__setitem__(f"layer{k}", o.shape[-1]))
+    with torch.no_grad():
+        for size in range(8, 70):
+            net(torch.zeros(1, 3, size, size))
+            assert stage_sides(cfg, size) == seen, size
