@@ -7,8 +7,7 @@ import pytest
 from simclr_xb.augment import identity_params, sample_pair
 from simclr_xb.backend import BACKENDS, BackendUnavailable, Trainer, get_backend
 from simclr_xb.config import preset
-from simclr_xb.state import (MOMENTUM_PREFIX, check_images, check_pair, identity_batches, merge_state,
-                             split_state)
+from simclr_xb.state import MOMENTUM_PREFIX, check_images, check_pair, identity_batches, merge_state, split_state
 
 
 def test_split_and_merge_are_inverse():
