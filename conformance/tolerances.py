@@ -55,7 +55,8 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
         "Teeth (tests/test_conformance.py): a 1% error in d(encoder.bn1.weight) moves it 5.2e-2, "
         "BN backward with the unbiased variance 1.5e-1, running_var biased 3.6e-2. Before "
         "(lr 0.1 .. 0.02, atol 8e-2): 4.6e-4 torch, 5.9e-2 mlx, oracle spread 2.2e-2. "
-        "docs/float32.md. The same case in float64 passes at 1e-10."))},
+        "Holds at the CPU backends' float32 accuracy; activations 10x noisier (sigma 1e-6 near 0) "
+        "can end 3e-2 .. 7e-2 away (docs/float32.md). The same case in float64 passes at 1e-10."))},
     # The data workers' decode + crop + resize (uint8 views / 255) against the float64 oracle
     # reference.crop_resize_antialias on the fully decoded image (Pillow 13.0, libjpeg-turbo
     # 6.2, 2026-12-01; measured over case seeds 0-5).
