@@ -17,6 +17,11 @@ cannot change the trajectory (tests/test_monitor.py compares runs with it on and
 process and in two data-parallel ranks), and its value equals ``simclr-xb eval``'s kNN on a
 checkpoint of the same step and the same images.
 
+Checks come only at an epoch's last step and at the run's last step: there the MLX step
+pipeline (simclr_xb/pipeline.py) has no step in flight (it never launches ahead across an
+epoch's end or past the last step), so ``trainer.state_dict()`` is the state after that step
+(the MLX case of the eval-equality test checks it).
+
 Cost: one forward of ``monitor_train + monitor_eval`` images per check (the demo, 2000 +
 2000 images of 32 px: docs in README.md "Watching a run"). ``train.monitor_every = 0`` turns it
 off. Other ranks wait at the next step's collective while rank 0 checks.
@@ -47,6 +52,8 @@ class KnnMonitor:
         self.every = int(cfg.train.monitor_every)
         self.last: dict | None = None
         self._encoder = None
+        self.log = print
+        self.failed: str | None = None  # why a check failed; the monitor is then off
 
     @classmethod
     def for_run(cls, cfg, backend: str, device: str | None, dataset, steps_per_epoch: int,
@@ -76,10 +83,13 @@ class KnnMonitor:
         bi = sample_subset(seed, len(dataset.labels), t.monitor_train, "train")
         ei = sample_subset(seed, len(test.labels), t.monitor_eval, "test")
         if getattr(dataset, "is_stream", False):  # folder:/wds: the subsets stay indexes, decoded per check
-            return cls(cfg, backend, device, dataset.subset(bi), dataset.labels[bi], test.subset(ei),
-                       test.labels[ei], len(dataset.classes), steps_per_epoch, end_step)
-        return cls(cfg, backend, device, dataset.images[bi], dataset.labels[bi], test.images[ei],
-                   test.labels[ei], len(dataset.classes), steps_per_epoch, end_step)
+            m = cls(cfg, backend, device, dataset.subset(bi), dataset.labels[bi], test.subset(ei),
+                    test.labels[ei], len(dataset.classes), steps_per_epoch, end_step)
+        else:
+            m = cls(cfg, backend, device, dataset.images[bi], dataset.labels[bi], test.images[ei],
+                    test.labels[ei], len(dataset.classes), steps_per_epoch, end_step)
+        m.log = log
+        return m
 
     def due(self, step: int) -> bool:
         epoch_end = step % self.spe == 0 and (step // self.spe) % self.every == 0
@@ -124,7 +134,17 @@ class KnnMonitor:
                             stream_resample(self.cfg), d.skip_bad_images)
 
     def after_step(self, trainer, step: int) -> dict:
-        return self.check(trainer, step) if self.due(step) else {}
+        """:meth:`check` when due. A failing check (e.g. out of memory) never fails the run: it
+        is logged and the monitor stays off for the rest of the run."""
+        if self.failed is not None or not self.due(step):
+            return {}
+        try:
+            return self.check(trainer, step)
+        except Exception as e:  # noqa: BLE001 - a monitor must never stop training
+            self.failed = f"{type(e).__name__}: {e}"
+            self.log(f"warning: the kNN monitor failed at step {step} ({self.failed}); it is off for "
+                     f"the rest of the run")
+            return {}
 
     def shown(self) -> dict:
         """The progress line's field: the latest kNN top-1."""

@@ -72,10 +72,13 @@ def line_chart(series: dict[str, tuple], title: str, xlabel: str, ylabel: str,
         pts = [px(float(x), float(y)) for x, y in zip(xs, ys) if math.isfinite(float(y))]
         if len(pts) > 1:
             d.line(pts, fill=color, width=2)
-        elif pts:
-            d.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=color)
+        if len(pts) <= 40:  # a sparse series (e.g. the kNN monitor's checks): mark each point
+            for X, Y in pts:
+                d.ellipse([X - 3, Y - 3, X + 3, Y + 3], fill=color)
         label = f"-- {name}"
-        d.text((W - right - 8 - 6 * len(label), top + 6 + 12 * i), label, fill=color, font=font)
+        at = (W - right - 8 - 6 * len(label), top + 6 + 12 * i)
+        d.rectangle(d.textbbox(at, label, font=font), fill="white")  # legible over the curves
+        d.text(at, label, fill=color, font=font)
     return img
 
 

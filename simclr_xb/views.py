@@ -11,7 +11,10 @@ c, saturation s, hue h, and their order), grayscale, blur sigma. With two backen
 drawn side by side and each row gives their largest absolute difference over the float views.
 
 :func:`render_views` returns the picture and the position of every tile (what the test reads
-back); :func:`write_views` writes the PNG atomically and never over an input.
+back); :func:`write_views` writes the PNG atomically and never over an input. A streamed split
+(``folder:``, ``wds:``: images of mixed sizes) is drawn from the training loader itself: the
+boxes come from each image's own size, the workers cut and resize them, and the backend's
+``augment_cropped`` applies the rest; the first column then shows the workers' cut of view 1.
 """
 from __future__ import annotations
 
@@ -83,24 +86,57 @@ def step_batch(cfg, dataset, n: int, step: int):
     return idx, np.asarray(dataset.images[idx]), p1[:n], p2[:n]
 
 
-def render_views(cfg, images_u8: np.ndarray, p1: ViewParams, p2: ViewParams, backends=("torch",),
-                 title: str = "", labels: list[str] | None = None) -> ViewsPicture:
-    """The picture of ``images_u8`` (uint8 NHWC) and their views under ``p1``/``p2``, computed
-    by each backend in ``backends``."""
+def stream_step_batch(cfg, dataset, n: int, step: int):
+    """A streamed (folder:/wds:) split: (image indices, the workers' two cuts (n, S, S, 3) each,
+    p1, p2) of the first ``n`` images of training step ``step``, from the training loader
+    itself (boxes drawn from each image's own size, cut and resized by the workers)."""
+    from .train import stream_train_loader
+    batch = cfg.train.batch_size
+    if not 1 <= n <= batch:
+        raise ValueError(f"--n {n} is invalid: expected 1 <= n <= train.batch_size ({batch}), the "
+                         f"images of one training batch")
+    if step < 0:
+        raise ValueError(f"--step {step} is invalid: expected a step >= 0")
+    loader = stream_train_loader(cfg, dataset, batch, 0, 1)
+    try:
+        spe = loader.steps_per_epoch
+        b = next(iter(loader.epoch(step // spe, start_step=step % spe)))
+    finally:
+        loader.close()
+    B = len(b.indices)
+    return b.indices[:n], (b.views[:n], b.views[B:B + n]), b.params[0][:n], b.params[1][:n]
+
+
+def compute_views(cfg, backends, images_u8, p1: ViewParams, p2: ViewParams, cuts=None) -> dict:
+    """{backend: (views 1, views 2)} as float arrays: ``api.augment`` of the images, or, for a
+    streamed split, ``api.augment_cropped`` of the workers' ``cuts`` (what training runs)."""
     from .backend import get_backend
     dtype = "float64" if cfg.train.precision == "float64" else "float32"
+    views = {}
+    for b in backends:
+        api = get_backend(b)
+        if cuts is None:
+            views[b] = tuple(np.asarray(api.augment(images_u8, p, cfg.augment, dtype)) for p in (p1, p2))
+        else:
+            views[b] = tuple(np.asarray(api.augment_cropped(c, p, cfg.augment, dtype))
+                             for c, p in zip(cuts, (p1, p2)))
+    return views
+
+
+def render_views(cfg, images_u8: np.ndarray, p1: ViewParams, p2: ViewParams, backends=("torch",),
+                 title: str = "", labels: list[str] | None = None, views: dict | None = None,
+                 first_column: str = "image") -> ViewsPicture:
+    """The picture of ``images_u8`` (uint8 NHWC, drawn in the first column) and their views
+    under ``p1``/``p2`` (``views``: :func:`compute_views`, else computed here from the images)."""
     n = len(images_u8)
     S = cfg.augment.image_size
     scale = max(1, 96 // S)
     side = S * scale
-    views = {}
-    for b in backends:
-        api = get_backend(b)
-        views[b] = (np.asarray(api.augment(images_u8, p1, cfg.augment, dtype)),
-                    np.asarray(api.augment(images_u8, p2, cfg.augment, dtype)))
+    if views is None:
+        views = compute_views(cfg, backends, images_u8, p1, p2)
     text_lines = 8
     row_h = max(side + LINE_H + 2, text_lines * LINE_H) + PAD  # the view, the image's label
-    cols = ["image"] + [f"{b} view {v}" for v in (1, 2) for b in backends]
+    cols = [first_column] + [f"{b} view {v}" for v in (1, 2) for b in backends]
     W = PAD + side + PAD + 2 * (len(backends) * (side + PAD) + TEXT_W)
     H = HEADER_H + n * row_h + PAD
     img = Image.new("RGB", (W, H), "white")
@@ -166,19 +202,27 @@ def write_views(pic: ViewsPicture, out: str | Path) -> Path:
 def views_command(cfg, out: str | Path, n: int = 8, step: int = 0, backends=("torch",),
                   split: str = "train", inputs=(), log=print) -> ViewsPicture:
     """What ``simclr-xb views`` runs: check ``out``, load the split, render, write."""
-    from .data import load_dataset, parse_spec
+    from .data import open_dataset, parse_spec
     kind, arg = parse_spec(cfg.data.name)
-    out = check_output_path(out, [*inputs, arg if kind in ("folder", "hdf5") else None])
+    out = check_output_path(out, [*inputs, arg if kind in ("folder", "hdf5", "wds") else None])
     if not backends or len(backends) > 2 or len(set(backends)) != len(backends):
         raise ValueError(f"--backends {','.join(backends)} is invalid: expected one or two of torch, mlx")
-    ds = load_dataset(cfg.data.name, split, root=cfg.data.root)
-    idx, images, p1, p2 = step_batch(cfg, ds, n, step)
+    ds = open_dataset(cfg.data.name, split, root=cfg.data.root, skip_bad_images=cfg.data.skip_bad_images)
+    if getattr(ds, "is_stream", False):  # images of mixed sizes: the workers cut the views
+        idx, cuts, p1, p2 = stream_step_batch(cfg, ds, n, step)
+        images, first = cuts[0], "workers' cut 1"
+        views = compute_views(cfg, tuple(backends), None, p1, p2, cuts=cuts)
+    else:
+        idx, images, p1, p2 = step_batch(cfg, ds, n, step)
+        views, first = None, "image"
     a = cfg.augment
     title = (f"simclr-xb views: {cfg.data.name} ({split}), step {step}, seed {cfg.train.seed}, "
              f"batch {cfg.train.batch_size} | size {a.image_size}, crop {a.crop_scale[0]:g}-"
-             f"{a.crop_scale[1]:g}, strength {a.strength:g}, blur p {a.blur_p:g}")
-    pic = render_views(cfg, images, p1, p2, tuple(backends), title=title,
-                       labels=[f"#{int(i)} {ds.classes[int(ds.labels[i])]}" for i in idx])
+             f"{a.crop_scale[1]:g}, strength {a.strength:g}, blur p {a.blur_p:g}"
+             + (f", recipe {a.recipe}" if hasattr(a, "recipe") else ""))
+    pic = render_views(cfg, images, p1, p2, tuple(backends), title=title, views=views,
+                       labels=[f"#{int(i)} {ds.classes[int(ds.labels[i])]}" for i in idx],
+                       first_column=first)
     pic.indices = idx
     write_views(pic, out)
     return pic

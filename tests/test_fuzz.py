@@ -341,3 +341,19 @@ def test_a_fuzz_run_really_tests_something():
         clean(KeyError("x"), "x")
     with pytest.raises(AssertionError):
         clean(DataError("something"), "T/file")
+
+
+# --------------------------------------------------------------------------- through the CLI boundary
+@FAST
+@given(field=st.sampled_from(all_fields()), text=st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20),
+    st.sampled_from(["inf", "nan", "-1", "0", "1e30", "1e400", "9" * 400, "[1, 2]", "{}", "none", "0.5,nan"])))
+def test_cli_set_any_value_gives_a_named_error_never_a_traceback(tmp_path, field, text):
+    """`views` builds the config, then refuses the non-PNG --out: a fast probe of the CLI's one
+    error boundary on every field (a valid value ends at the --out check, nothing is rendered)."""
+    from click.testing import CliRunner
+
+    from simclr_xb.cli import main
+    r = CliRunner().invoke(main, ["views", "--set", f"{field}={text}", "--out", str(tmp_path / "x.txt")])
+    assert r.exit_code != 0 and "Traceback" not in r.output and "internal error" not in r.output, r.output
+    assert field in r.output or "must name a .png" in r.output, r.output

@@ -294,3 +294,22 @@ def test_trainer_step_on_each_device_matches_the_cpu(device):
     assert abs(got - ref) <= (0 if device == "cpu" else 1e-3) * max(1.0, abs(ref))
     t64 = api.Trainer(replace(cfg, train=replace(cfg.train, precision="float64")), None)
     assert t64.device == "cpu"  # float64 lands on the CPU whatever the default device
+
+
+def test_bench_device_option_is_checked(tmp_path):
+    from click.testing import CliRunner
+
+    from simclr_xb.cli import main
+    r = CliRunner().invoke(main, ["bench", "ntxent", "--size", "tiny", "--device", "metal",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "not an MLX device" in r.output
+    if not HAS_GPU:
+        r = CliRunner().invoke(main, ["bench", "ntxent", "--size", "tiny", "--device", "gpu",
+                                      "--out", str(tmp_path)])
+        assert r.exit_code != 0 and "no GPU" in r.output
+
+
+def test_bench_records_the_mlx_device(tmp_path):
+    from simclr_xb.bench import ntxent
+    rep = ntxent.run(size="tiny", backends=("mlx",), memory=False, device="cpu", log=lambda m: None)
+    assert rep.settings["device"] == {"torch": "cpu", "mlx": "cpu"}

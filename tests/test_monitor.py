@@ -154,6 +154,22 @@ def test_off_switch_and_when_it_cannot_run(tmp_path):
         small_cfg("train.monitor_train=0")
 
 
+def test_a_failing_check_is_logged_and_never_stops_the_run(tmp_path, monkeypatch, one_torch_thread):
+    pytest.importorskip("torch")
+    import simclr_xb.evaluate as evaluate
+
+    def boom(*a, **k):
+        raise MemoryError("no room for the bank")
+
+    monkeypatch.setattr(evaluate, "knn_classify", boom)
+    logged = []
+    res = run(small_cfg("train.monitor_train=64", "train.monitor_eval=32"), tmp_path / "r", log=logged.append)
+    assert res.stopped == "completed" and res.step == 6
+    warn = [m for m in logged if "kNN monitor failed" in m]
+    assert len(warn) == 1 and "at step 3" in warn[0] and "no room for the bank" in warn[0]
+    assert not any("knn_top1" in r for r in records(tmp_path / "r"))
+
+
 def test_subset_is_fixed_by_the_seed_sorted_and_whole_when_small():
     a = sample_subset(0, 1000, 50, "train")
     np.testing.assert_array_equal(a, sample_subset(0, 1000, 50, "train"))

@@ -164,3 +164,12 @@ def test_empty_image_refused():
     img = Image.new("RGB", (0, 0))
     with pytest.raises(DataError, match=r"image T/x.png is empty \(0x0"):
         to_rgb_uint8(img, "T/x.png")
+
+
+def test_conversion_refused_beyond_the_memory_budget(monkeypatch):
+    img = Image.new("RGBA", (100, 100))
+    monkeypatch.setenv("SIMCLR_XB_MAX_BYTES", str(16 * 100 * 100 - 1))
+    with pytest.raises(DataError, match=r"image T/big.png \(100x100 pixels, mode RGBA\) would need"):
+        to_rgb_uint8(img, "T/big.png")
+    monkeypatch.setenv("SIMCLR_XB_MAX_BYTES", str(16 * 100 * 100))
+    assert to_rgb_uint8(img, "T/big.png").shape == (100, 100, 3)

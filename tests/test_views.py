@@ -114,3 +114,36 @@ def test_bad_options_fail_with_one_line(tmp_path, args, message):
                                     str(tmp_path / "v.png"), *args])
     assert res.exit_code != 0 and message in res.output, res.output
     assert not (tmp_path / "v.png").exists()
+
+
+def test_streamed_folder_views_are_the_training_loaders_cuts_augmented(tmp_path, one_torch_thread):
+    """folder: data streams images of mixed sizes: the picture's views are the backend's
+    augment_cropped of the cuts the training loader's workers make at that step."""
+    from simclr_xb.backend import get_backend
+    from simclr_xb.data import open_dataset
+    from simclr_xb.train import stream_train_loader
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pics"
+    for c in ("a", "b"):
+        for split in ("train", "test"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                h, w = int(rng.integers(20, 50)), int(rng.integers(20, 50))
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    cfg = preset("tiny").with_overrides([f"data.name=folder:{root}", "train.batch_size=8", "data.num_workers=0"])
+    out = tmp_path / "v.png"
+    pic = views_command(cfg, out, n=3, step=1, backends=("torch",))
+    ds = open_dataset(cfg.data.name, "train")
+    assert getattr(ds, "is_stream", False)
+    loader = stream_train_loader(cfg, ds, 8, 0, 1)
+    try:
+        b = next(iter(loader.epoch(1 // loader.steps_per_epoch, start_step=1 % loader.steps_per_epoch)))
+    finally:
+        loader.close()
+    api = get_backend("torch")
+    for v in (1, 2):
+        cut = b.views[(v - 1) * 8:(v - 1) * 8 + 3]
+        want = to_uint8(api.augment_cropped(cut, b.params[v - 1][:3], cfg.augment, "float32"))
+        for r in range(3):
+            np.testing.assert_array_equal(tiles_of(out, pic.tiles[(r, "torch", v)]), want[r])
+    np.testing.assert_array_equal(pic.indices, b.indices[:3])

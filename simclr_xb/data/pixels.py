@@ -19,7 +19,8 @@
   (``RGBa`` / ``La`` are premultiplied already: their colour channels are used as they are.)
 * Palette ``P`` without transparency: the palette looked up (RGB).
 * Any other mode (``LAB``, ``I;16S``, ``BGR;24`` ...): converted by Pillow to RGB when it can,
-  refused otherwise. An empty image (0 pixels) is refused.
+  refused otherwise. An empty image (0 pixels) is refused, and so is one whose conversion
+  (up to 16 bytes a pixel) would not fit the memory budget of :mod:`simclr_xb.inputs`.
 
 Every refusal is a :class:`~simclr_xb.data.common.DataError` with a one-line message naming
 ``name`` (the file) and the mode.
@@ -57,6 +58,11 @@ def to_rgb_uint8(img: Image.Image, name: str) -> np.ndarray:
     w, h = img.size
     if w < 1 or h < 1:
         raise DataError(f"image {name} is empty ({w}x{h} pixels, mode {mode})")
+    from ..inputs import InputTooLarge, check_allocation
+    try:  # the conversion's temporaries: up to 16 bytes a pixel (int64 grey, uint32 compositing)
+        check_allocation(16 * w * h, f"image {name} ({w}x{h} pixels, mode {mode})")
+    except InputTooLarge as e:
+        raise DataError(str(e)) from None
     try:
         if mode == "RGB":
             out = np.asarray(img, dtype=np.uint8)

@@ -112,7 +112,8 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
     cache = index_cache_dir() / f"wds-{h.hexdigest()[:20]}.npz"
     classes_file = root / "classes.json"
     t0 = time.perf_counter()
-    if use_cache and cache.is_file():
+    from_cache = use_cache and cache.is_file()
+    if from_cache:
         with np.load(cache, allow_pickle=False) as z:
             files, labels, hw = z["files"], z["labels"], z["hw"]
             shard, offset, length = z["shard"], z["offset"], z["length"]
@@ -153,7 +154,8 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
                         f"{len(classes)} classes are named")
     return ImageIndex(root=str(root), files=files, labels=labels, hw=hw, classes=classes, split=split,
                       kind="tar", shards=[str(p) for p in shards], shard=shard, offset=offset,
-                      length=length, skipped=bad, build_s=time.perf_counter() - t0)
+                      length=length, skipped=bad, build_s=time.perf_counter() - t0,
+                      headers_read=0 if from_cache else len(files))
 
 
 def write_shards(index_by_split: dict[str, ImageIndex], out_dir: str | os.PathLike,

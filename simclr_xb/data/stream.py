@@ -11,7 +11,8 @@ per batch:
 2. worker processes (``multiprocessing`` spawn context: works on macOS and Linux alike)
    decode each image ONCE, cut its K boxes from the original resolution and resize them to
    ``size`` (:func:`simclr_xb.data.decode.crop_views`), writing straight into a slot of a
-   shared-memory ring of ``num_workers * prefetch`` batches (bounded prefetch);
+   shared-memory ring of ``prefetch`` batches (bounded prefetch; each batch is split into
+   ``num_workers`` chunks decoded in parallel, so the ring does not grow with the workers);
 3. the consumer copies the slot out in step order as a :class:`ViewBatch` whose
    ``views[k * B + i]`` is view k of image i.
 
@@ -156,7 +157,8 @@ def decode_batch(index: ImageIndex, idx: np.ndarray, boxes: np.ndarray, spec: De
 
 def _worker_main(wid: int, index: ImageIndex, spec: DecodeSpec, shm_name: str, slot_shape: tuple,
                  n_slots: int, tasks, results) -> None:
-    """A worker process: take (gen, step, slot, idx, boxes) tasks, fill the slot, report."""
+    """A worker process: take (gen, step, slot, lo, idx, boxes) tasks (a chunk of a batch, at
+    positions lo..lo+len(idx) of its slot), fill that part of the slot, report."""
     from multiprocessing import shared_memory
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     shm = shared_memory.SharedMemory(name=shm_name)
@@ -166,12 +168,12 @@ def _worker_main(wid: int, index: ImageIndex, spec: DecodeSpec, shm_name: str, s
             task = tasks.get()
             if task is None:
                 return
-            gen, step, slot, idx, boxes = task
+            gen, step, slot, lo, idx, boxes = task
             try:
-                bad = decode_batch(index, idx, boxes, spec, ring[slot, :, :len(idx)])
-                results.put((gen, step, slot, bad, None))
+                bad = decode_batch(index, idx, boxes, spec, ring[slot, :, lo:lo + len(idx)])
+                results.put((gen, step, [(lo + b, m) for b, m in bad], None))
             except BaseException:  # noqa: BLE001 - reported, the worker keeps serving
-                results.put((gen, step, slot, [], f"worker {wid}: {traceback.format_exc()}"))
+                results.put((gen, step, [], f"worker {wid}: {traceback.format_exc()}"))
     finally:
         del ring
         shm.close()
@@ -240,9 +242,15 @@ class StreamLoader:
             return
         from multiprocessing import shared_memory
         ctx = mp.get_context("spawn")
-        self._n_slots = self.num_workers * self.prefetch
+        self._n_slots = self.prefetch  # batches in flight; a slot is copied out before reuse
         nbytes = int(np.prod(self._slot_shape)) * self._n_slots
-        self._shm = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
+        try:
+            self._shm = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
+        except OSError as e:
+            raise DataError(f"cannot allocate {nbytes / 2**20:.0f} MiB of shared memory for the data "
+                            f"workers ({self._n_slots} batches of {self.order.batch_size} images x "
+                            f"{self.k} views x {self.size}x{self.size}x3): {e}. Lower the batch size "
+                            f"per process, or give the container more /dev/shm (docker --shm-size)") from None
         self._ring = np.ndarray((self._n_slots,) + self._slot_shape, dtype=np.uint8, buffer=self._shm.buf)
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
         for w in range(self.num_workers):
@@ -345,24 +353,29 @@ class StreamLoader:
                 raise DataWorkerError(msg)
 
     def _parallel(self, epoch, start, end, perm):
+        """Each batch is split into ``num_workers`` chunks decoded in parallel into one slot of
+        the ring; up to ``prefetch`` batches ahead are in flight."""
         self._start()
         self._gen += 1
         gen = self._gen
         free = list(range(self._n_slots))
         plans: dict[int, tuple] = {}
-        done: dict[int, tuple] = {}
+        pending: dict[int, list] = {}  # step -> [chunks still out, bad images]
         nxt = start
         try:
             for step in range(start, end):
-                while free and nxt < end:  # keep every slot busy: bounded prefetch
+                while free and nxt < end:  # bounded prefetch
                     idx, params, boxes = self._plan(epoch, nxt, perm)
                     slot = free.pop()
                     plans[nxt] = (slot, idx, params)
-                    self._tasks.put((gen, nxt, slot, idx, boxes))
+                    chunks = [c for c in np.array_split(np.arange(len(idx)), self.num_workers) if c.size]
+                    pending[nxt] = [len(chunks), []]
+                    for c in chunks:
+                        self._tasks.put((gen, nxt, slot, int(c[0]), idx[c], boxes[:, c]))
                     nxt += 1
-                while step not in done:
+                while pending[step][0] > 0:
                     try:
-                        g, s, slot, bad, err = self._results.get(timeout=_POLL_S)
+                        g, s, bad, err = self._results.get(timeout=_POLL_S)
                     except queue.Empty:
                         self._check_alive(step)
                         continue
@@ -370,14 +383,15 @@ class StreamLoader:
                         continue
                     if err is not None:
                         raise DataWorkerError(f"a data worker failed on step {s}:\n{err}")
-                    done[s] = (slot, bad)
-                slot, bad = done.pop(step)
-                _, idx, params = plans.pop(step)
+                    pending[s][0] -= 1
+                    pending[s][1] += bad
+                bad = sorted(pending.pop(step)[1])
+                slot, idx, params = plans.pop(step)
                 views = np.array(self._ring[slot, :, :len(idx)])  # copied out: the slot is reused
                 free.append(slot)
                 yield self._finish(idx, params, views, bad)
         finally:
-            if plans or done:  # abandoned mid-epoch: restart the workers so no stale task runs
+            if plans:  # abandoned mid-epoch: restart the workers so no stale task runs
                 self.close()
 
 
