@@ -15,6 +15,8 @@ On resume the writer purges the events after the checkpoint's step (tensorboardX
 from __future__ import annotations
 
 import math
+import os
+import time
 from pathlib import Path
 
 from .config import ConfigError
@@ -35,7 +37,10 @@ class TensorBoardLog:
             raise ConfigError("config field train.tensorboard = true needs the tensorboardX package: "
                               "pip install 'simclr-xb[tensorboard]' (or run without --tensorboard)") from None
         purge = None if resume_step is None else int(resume_step) + 1
-        self._w = SummaryWriter(logdir=str(log_dir), purge_step=purge, flush_secs=30)
+        # tensorboardX names the file by the second it starts: a resume within the same second
+        # would overwrite the first run's events, so the nanoseconds go into the name too
+        suffix = f".{time.time_ns() % 10**9:09d}.{os.getpid()}"
+        self._w = SummaryWriter(logdir=str(log_dir), purge_step=purge, flush_secs=30, filename_suffix=suffix)
 
     def write(self, record: dict) -> None:
         step = int(record["step"])

@@ -72,6 +72,20 @@ def test_resume_purges_the_events_after_the_checkpoint(tmp_path, one_torch_threa
     assert again == first
 
 
+def test_two_writers_in_the_same_second_keep_both_files(tmp_path):
+    """A resume that starts within the second of the first run's start (tiny runs do) must not
+    overwrite its event file (measured: without the suffix this test fails, one file)."""
+    from simclr_xb.tblog import TensorBoardLog
+    a = TensorBoardLog(tmp_path)
+    a.write({"step": 1, "loss": 1.0})
+    b = TensorBoardLog(tmp_path, resume_step=1)
+    b.write({"step": 2, "loss": 2.0})
+    a.close()
+    b.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    assert read_events(tmp_path)["train/loss"] == [(1, 1.0), (2, 2.0)]
+
+
 def test_missing_library_is_a_one_line_config_error(tmp_path, monkeypatch):
     from simclr_xb.progress import MetricsLog
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
