@@ -98,6 +98,22 @@ def float32_activations(rng):
     return Patched(conv2d=conv2d, batch_norm=batch_norm, conv2d_backward=conv2d_backward)
 
 
+def absolute_noise(rng, sigma):
+    """Oracle conv and BN outputs plus N(0, sigma^2) noise: float32 errors of a result near 0
+    scale with its summands, not with the result, which ulp rounding of the result misses."""
+    conv, bn = R.conv2d, R.batch_norm
+
+    def conv2d(*a, **k):
+        y = conv(*a, **k)
+        return y + rng.normal(0, sigma, y.shape)
+
+    def batch_norm(*a, **k):
+        y, m, v = bn(*a, **k)
+        return y + rng.normal(0, sigma, y.shape), m, v
+
+    return Patched(conv2d=conv2d, batch_norm=batch_norm)
+
+
 def relu_margins(w, mom, images, views, lrs, cfg):
     """Smallest nonzero |ReLU input| of the oracle's train forward at each step."""
     w, mom, out = to64(w), to64(mom), []
@@ -122,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="perturbed oracle runs per kind")
     ap.add_argument("--backends", default="torch,mlx")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--abs-noise", default="", help="comma-separated sigmas: --runs oracle runs each "
+                    "with N(0, sigma^2) added to every conv and BN output")
     a = ap.parse_args(argv)
     lrs = tuple(float(x) for x in a.lrs.split(","))
     args = _step_args(np.random.default_rng(0), "float32", len(lrs), lrs)
@@ -131,7 +149,7 @@ def main(argv=None) -> int:
     ref = trajectory(oracle_step, *args, keep=True)
     rep["oracle_seconds"] = round(time.time() - t0, 2)
     apis = {}
-    for b in a.backends.split(","):
+    for b in [b for b in a.backends.split(",") if b]:
         try:
             apis[b] = get_backend(b)
         except BackendUnavailable:
@@ -173,6 +191,11 @@ def main(argv=None) -> int:
                                           ref[-1])[1])
         with float32_activations(rng):
             spreads["float32_ops"].append(worst(trajectory(oracle_step, *args), ref[-1])[1])
+    for sigma in [float(x) for x in a.abs_noise.split(",") if x]:
+        spreads[f"abs_noise_{sigma:g}"] = []
+        for _ in range(a.runs):
+            with absolute_noise(rng, sigma):
+                spreads[f"abs_noise_{sigma:g}"].append(worst(trajectory(oracle_step, *args), ref[-1])[1])
     rep["spread"] = {k: {"max": max(v), "median": float(np.median(v)), "runs": len(v)}
                      for k, v in spreads.items() if v}
     print()
