@@ -300,10 +300,9 @@ def _launch_ranks(backend: str, nproc: int, hostfile: str | None) -> None:
     """Re-run the current ``train`` command (minus --nproc/--hostfile) under torchrun or
     mlx.launch in ``nproc`` processes, then exit with the launcher's status."""
     import subprocess
+    import tempfile
 
     from click.core import ParameterSource
-
-    import tempfile
 
     from simclr_xb.distributed import STATUS_ENV, DistributedError, failed_ranks, launch_argv
     ctx = click.get_current_context()
@@ -658,8 +657,7 @@ def finetune(checkpoint, data, data_root, label_fraction, epochs, backend, devic
     """Semi-supervised fine-tuning (SimCLR appendix B.5): encoder + a new linear layer trained end
     to end on a class-balanced label subset, against the same recipe from random init."""
     from simclr_xb.checkpoint import latest_good
-    from simclr_xb.finetune import (FinetuneConfig, FinetuneError, format_table, load_subset,
-                                    result_json, save_finetuned)
+    from simclr_xb.finetune import FinetuneConfig, FinetuneError, format_table, load_subset, result_json, save_finetuned
     from simclr_xb.finetune import finetune as run_finetune
     try:
         _counts(**{"--epochs": epochs, "--batch-size": batch_size})

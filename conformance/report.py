@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import re
 import platform
+import re
 from collections import Counter
 from pathlib import Path
 

@@ -35,8 +35,7 @@ from simclr_xb import reference as R
 from simclr_xb.backend import BackendUnavailable, get_backend
 from simclr_xb.conformance.cases import MULTI_STEP_LRS, _step_args
 from simclr_xb.conformance.compare import flatten
-from simclr_xb.conformance.faults import (Patched, bn_backward_unbiased, bn_running_var_biased,
-                                          grad_error)
+from simclr_xb.conformance.faults import Patched, bn_backward_unbiased, bn_running_var_biased, grad_error
 
 NEG_GRADS = ("encoder.bn1.weight", "encoder.layer2.0.bn1.bias", "encoder.layer4.1.bn2.weight",
              "head.1.bn.weight")
@@ -156,7 +155,7 @@ def main(argv=None) -> int:
             print(f"{b}: not installed", file=sys.stderr)
     print(f"lrs {lrs}; oracle trajectory {rep['oracle_seconds']} s")
     for b, api in apis.items():
-        step = (lambda api: lambda *x: api.train_step(*x, dtype="float32"))(api)
+        step = (lambda *x, api=api: api.train_step(*x, dtype="float32"))
         tr = trajectory(step, *args, keep=True)
         per_step = [worst(tr[s], ref[s]) for s in range(len(lrs))]
         one = []
@@ -179,7 +178,7 @@ def main(argv=None) -> int:
                   f"one step from the oracle's state {one[s][1]:.2e} ({one[s][0]})")
         print(f"  the oracle from {b}'s state after step 1 ends {amp[1]:.2e} from the oracle ({amp[0]})")
     if len(apis) == 2:
-        (na, ta), (nb, tb) = [(n, trajectory((lambda api: lambda *x: api.train_step(*x, dtype="float32"))(api), *args))
+        (na, ta), (nb, tb) = [(n, trajectory(lambda *x, api=api: api.train_step(*x, dtype="float32"), *args))
                               for n, api in apis.items()]
         rep[f"{na}~{nb}"] = worst(ta, tb)
         print(f"\n{na} vs {nb}: {rep[f'{na}~{nb}'][1]:.2e} ({rep[f'{na}~{nb}'][0]})")

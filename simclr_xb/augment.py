@@ -73,14 +73,14 @@ class ViewParams:
     def __len__(self) -> int:
         return int(self.crop.shape[0])
 
-    def __getitem__(self, index) -> "ViewParams":
+    def __getitem__(self, index) -> ViewParams:
         """Select views (a slice, index array or mask), keeping the struct-of-arrays form."""
         if isinstance(index, (int, np.integer)):
             index = slice(int(index), int(index) + 1)
         return ViewParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     @staticmethod
-    def concat(parts: "list[ViewParams]") -> "ViewParams":
+    def concat(parts: list[ViewParams]) -> ViewParams:
         return ViewParams(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
                              for f in fields(ViewParams)})
 
@@ -88,7 +88,7 @@ class ViewParams:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @staticmethod
-    def from_dict(d: dict[str, np.ndarray]) -> "ViewParams":
+    def from_dict(d: dict[str, np.ndarray]) -> ViewParams:
         return ViewParams(**{f.name: np.asarray(d[f.name]) for f in fields(ViewParams)})
 
     def validate(self, source_hw) -> None:

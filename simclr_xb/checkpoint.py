@@ -93,6 +93,7 @@ def _digest(groups: dict[str, dict[str, np.ndarray]], attrs: dict[str, object]) 
 
 def library_versions() -> dict[str, str]:
     import sys
+
     from . import __version__
     out = {"simclr_xb": __version__, "python": platform.python_version(), "numpy": np.__version__,
            "h5py": h5py.__version__}
@@ -156,8 +157,8 @@ def atomic_write(path: str | Path, write, *, error: type[Exception] | None = Non
     which is fsynced and renamed over ``path`` (then the folder is fsynced). On any failure
     (also KeyboardInterrupt or an error of ``write`` itself) the temp file is removed and an
     existing ``path`` is untouched; a ``path`` that exists but is not a regular file (FIFO,
-    device node, socket, folder) is refused before anything is written; an OSError (disk full, permissions) becomes ``error``
-    (default :class:`CheckpointError`): "could not write {label}{path}: {reason}{note}".
+    device node, socket, folder) is refused before anything is written; an OSError (disk full,
+    permissions) becomes ``error`` (default :class:`CheckpointError`): "could not write {label}{path}: {reason}{note}".
     The one implementation behind checkpoints, feature files and exports."""
     error = error or CheckpointError
     path = Path(path)

@@ -262,7 +262,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for f in fields(self):
             sub = getattr(self, f.name)
             check_limits(f.name, sub, finite_only=True)  # no inf/nan reaches the rules below
@@ -281,7 +281,7 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], base: "Config | None" = None) -> "Config":
+    def from_dict(cls, d: dict[str, Any], base: Config | None = None) -> Config:
         """Apply a nested dict ``{section: {field: value}}`` on top of ``base`` (default: defaults)."""
         cfg = base if base is not None else cls()
         for section, values in d.items():
@@ -294,10 +294,10 @@ class Config:
         return cfg.validate()
 
     @classmethod
-    def from_json(cls, text: str) -> "Config":
+    def from_json(cls, text: str) -> Config:
         return cls.from_dict(json.loads(text))
 
-    def with_value(self, dotted: str, value: Any) -> "Config":
+    def with_value(self, dotted: str, value: Any) -> Config:
         """Return a copy with ``section.field`` set to ``value`` (coerced to the field's type)."""
         section, _, key = dotted.partition(".")
         if section not in _SECTIONS or not key:
@@ -310,7 +310,7 @@ class Config:
         coerced = _coerce(dotted, value, hints[key])
         return replace(self, **{section: replace(sub, **{key: coerced})})
 
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "Config":
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Config:
         """Apply CLI overrides of the form ``section.field=value`` (value parsed as JSON if it can be)."""
         cfg = self
         for item in overrides:
@@ -428,7 +428,7 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
+def _coerce(name: str, value: Any, hint: Any) -> Any:  # noqa: C901 - one branch per field type, each a line
     """Coerce ``value`` to the annotated type, with an error that names the field."""
     hint_s = str(hint)
     optional = "None" in hint_s

@@ -38,9 +38,10 @@ import random
 import shutil
 import socket
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, NoReturn, Sequence
+from typing import NoReturn
 
 from .backend import BACKENDS, backend_module
 
@@ -87,7 +88,7 @@ class DistContext:
     def _impl(self):
         return backend_module(self.backend, "distributed")
 
-    def setup(self, device: str | None = None) -> "DistContext":
+    def setup(self, device: str | None = None) -> DistContext:
         """Join the process group (idempotent). Trainers call this themselves."""
         self._impl().init(self, device)
         return self

@@ -60,7 +60,7 @@ def lbfgs(fun, w0: np.ndarray, max_iter: int = 300, memory: int = 10, tol: float
     s_hist: list[np.ndarray] = []
     y_hist: list[np.ndarray] = []
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned after the loop
         q = g.copy()
         alphas = []
         for s, y in zip(reversed(s_hist), reversed(y_hist)):

@@ -84,7 +84,7 @@ class FinetuneConfig:
     precision: str = "float32"  # "float32" | "bfloat16" (torch autocast) | "float64"
     eval_batch_size: int = 256
 
-    def validate(self) -> "FinetuneConfig":
+    def validate(self) -> FinetuneConfig:
         def check(ok: bool, name: str, allowed: str) -> None:
             if not ok:
                 raise ConfigError(f"fine-tuning setting {name} = {getattr(self, name)!r} is invalid: "
@@ -392,8 +392,9 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
         res = train_classifier(trainer, images, labels, cfg.augment, ft, log=log, label=label,
                                num_workers=cfg.data.num_workers)
         if stream:
-            pred = (lambda ds: predict_split(trainer.predict, ds, ft.eval_batch_size, cfg.augment.image_size,
-                                             cfg.data.num_workers))
+            def pred(ds, trainer=trainer):
+                return predict_split(trainer.predict, ds, ft.eval_batch_size, cfg.augment.image_size,
+                                     cfg.data.num_workers)
             test = score(*pred(test_ds))
             train_acc = score(*pred(images))["top1"]
         else:

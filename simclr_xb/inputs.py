@@ -135,7 +135,8 @@ def check_device(backend: str | None, device: str | None) -> None:
         if kind in kinds and (not index or dev in have or all(":" not in d for d in have if
                                                                d.startswith(kind))):
             return
-    shown = "; ".join(f"{v if v.startswith(n) else n + ' ' + v} has {', '.join(h)}" for n, (h, v) in seen.items()) or "no backend installed"
+    shown = "; ".join(f"{v if v.startswith(n) else n + ' ' + v} has {', '.join(h)}"
+                      for n, (h, v) in seen.items()) or "no backend installed"
     raise ValueError(f"--device {device} is not available: {shown}"
                      + (" (this torch build has no CUDA)" if kind == "cuda" else ""))
 

@@ -57,7 +57,7 @@ class KnnMonitor:
 
     @classmethod
     def for_run(cls, cfg, backend: str, device: str | None, dataset, steps_per_epoch: int,
-                end_step: int, log=print) -> "KnnMonitor | None":
+                end_step: int, log=print) -> KnnMonitor | None:
         """The monitor of a training run on ``dataset`` (the training split), or None when it is
         off (``train.monitor_every = 0``) or cannot run (no labels, no test split: logged)."""
         if cfg.train.monitor_every == 0:
@@ -77,7 +77,7 @@ class KnnMonitor:
                 f"silence this")
             return None
         if list(test.classes) != list(dataset.classes):
-            log(f"kNN monitor off: the test split's classes differ from the training split's")
+            log("kNN monitor off: the test split's classes differ from the training split's")
             return None
         seed, t = cfg.train.seed, cfg.train
         bi = sample_subset(seed, len(dataset.labels), t.monitor_train, "train")

@@ -21,7 +21,7 @@ disk. Backends without ``train_step_async`` (torch) run one synchronous step at 
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 
 class StepPipeline:

@@ -10,7 +10,8 @@ For every global step s (0-based; the checkpoint after s steps stores ``step = s
 
 The phases are named functions, in order: :func:`open_resume`, :func:`prepare_out_dir`,
 :func:`restore`, :func:`make_loader`, then :func:`run_steps` (the step through
-:func:`_step_pipeline`, then :func:`skip_or_stop`, :func:`log_step`, :func:`save`) and :func:`finish` (training.png, config.json).
+:func:`_step_pipeline`, then :func:`skip_or_stop`, :func:`log_step`, :func:`save`) and
+:func:`finish` (training.png, config.json).
 
 Because every random draw is a function of (seed, epoch, step, rank), a resumed run replays
 exactly the trajectory of an uninterrupted one. SIGINT/SIGTERM finish the current step, write a
@@ -45,8 +46,15 @@ import numpy as np
 
 from .augment import sample_pair
 from .backend import get_backend
-from .checkpoint import (Checkpoint, CheckpointError, atomic_write, latest_good, library_versions,
-                         remove_stale_temp_files, save_rolling)
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write,
+    latest_good,
+    library_versions,
+    remove_stale_temp_files,
+    save_rolling,
+)
 from .config import Config, ConfigError
 from .monitor import KnnMonitor
 from .progress import MetricsLog, Progress

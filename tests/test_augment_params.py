@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simclr_xb import reference
-from simclr_xb.augment import (ViewParams, identity_params, sample_crop_boxes, sample_pair,
-                               sample_view_params, view_rng)
+from simclr_xb.augment import ViewParams, identity_params, sample_crop_boxes, sample_pair, sample_view_params, view_rng
 from simclr_xb.config import AugmentConfig
 
 

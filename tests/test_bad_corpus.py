@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from simclr_xb.checkpoint import Checkpoint, atomic_write, CheckpointError, save_rolling
+from simclr_xb.checkpoint import Checkpoint, CheckpointError, atomic_write, save_rolling
 from simclr_xb.cli import main
 from simclr_xb.config import preset
 from simclr_xb.resnet_spec import init_weights
@@ -188,8 +188,8 @@ def _cases():
     for n in ["list.json", "number.json", "string.json", "deep.json", "big.toml", "latin1.toml",
               "section.json", "nested.json", "preset.toml", "inf.toml", "seed.json", "nan.json",
               "unknown.toml", "absent.toml"]:
-        cases.append((f"config-{n}", (lambda n: lambda W: ["train", *TINY, "--out", o(W, "cf"),
-                                                             "--config", W["cfg_dir"] / n])(n), [n]))
+        cases.append((f"config-{n}", lambda W, n=n: ["train", *TINY, "--out", o(W, "cf"),
+                                                     "--config", W["cfg_dir"] / n], [n]))
     # --- counts and devices --------------------------------------------------------------------
     ev = lambda *a: (lambda W: ["eval", "--checkpoint", W["T"] / "a", *a])  # noqa: E731
     cases += [
@@ -207,8 +207,8 @@ def _cases():
          ["--epochs"]),
     ]
     for n in ["float.json", "bool.json", "float.npy", "2d.npy"]:
-        cases.append((f"subset-{n}", (lambda n: lambda W: ["finetune", "--checkpoint", W["T"] / "a",
-                                                            "--epochs", "1", "--subset", W["sub"] / n])(n), [n]))
+        cases.append((f"subset-{n}", lambda W, n=n: ["finetune", "--checkpoint", W["T"] / "a",
+                                                     "--epochs", "1", "--subset", W["sub"] / n], [n]))
     # --- outputs (checked before the work) -----------------------------------------------------
     cases += [
         ("eval-json-missing-dir", ev("--json", "missing/dir/r.json"), ["missing/dir"]),
@@ -237,7 +237,7 @@ def _cases():
         ("bench-out-fifo", lambda W: ["bench", "ntxent", "--size", "tiny", "--out", W["T"] / "fifo"], ["FIFO"]),
         ("bench-plot-under-file", lambda W: ["bench", "quality", "--size", "tiny", "--plot",
                                              W["T"] / "regular" / "q.png", "--out", o(W, "bq")], ["regular"]),
-        ("pack-over-source", lambda W: ["data", "pack", f"hdf5:{W['data']}", W["data"]], [str("data.h5")]),
+        ("pack-over-source", lambda W: ["data", "pack", f"hdf5:{W['data']}", W["data"]], ["data.h5"]),
     ]
     # --- checkpoints ---------------------------------------------------------------------------
     cases += [

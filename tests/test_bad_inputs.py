@@ -69,7 +69,8 @@ def _ckpt(path: Path, arch="resnet18", weights_arch=None, step=2) -> Path:
     (["--set", "model.width=0.3"], ["config field model.width = 0.3 is invalid", "64 * width a positive integer"]),
     (["--set", "train.epochs=many"], ["config field train.epochs = 'many' has the wrong type: expected int"]),
     (["--set", "model.depth=3"], ["unknown config field 'model.depth': model has fields"]),
-    (["--set", "train.on_nonfinite=ignore"], ["config field train.on_nonfinite = 'ignore' is invalid: expected 'stop' or 'skip'"]),
+    (["--set", "train.on_nonfinite=ignore"],
+     ["config field train.on_nonfinite = 'ignore' is invalid: expected 'stop' or 'skip'"]),
     (["--temperature", "0"], ["config field loss.temperature = 0.0 is invalid: expected a finite value > 0"]),
     (["--image-size", "4"], ["config field augment.image_size = 4 is invalid: expected an integer >= 8"]),
 ], ids=["batch", "width", "type", "unknown-field", "on_nonfinite", "temperature", "image-size"])

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from simclr_xb import checkpoint as C
-from simclr_xb.checkpoint import (Checkpoint, CheckpointError, latest_good, load_checkpoint,
-                                  rolling_checkpoints, save_checkpoint, save_rolling)
+from simclr_xb.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_good,
+    load_checkpoint,
+    rolling_checkpoints,
+    save_checkpoint,
+    save_rolling,
+)
 from simclr_xb.config import preset
 from simclr_xb.resnet_spec import init_weights, model_specs
 

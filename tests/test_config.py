@@ -1,13 +1,22 @@
 """Config: validation messages, presets with the paper's values, files, overrides, JSON."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
-from simclr_xb.config import (ARCHS, AugmentConfig, Config, ConfigError, LossConfig, ModelConfig,
-                              load_config_file, preset)
+from simclr_xb.config import (
+    ARCHS,
+    AugmentConfig,
+    Config,
+    ConfigError,
+    LossConfig,
+    ModelConfig,
+    load_config_file,
+    preset,
+)
 
 # (field, bad value, text of the allowed range that the message must contain)
 INVALID = [
@@ -228,6 +237,6 @@ def test_json_round_trip():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Config().model.arch = "resnet18"  # type: ignore[misc]
     assert ModelConfig() == ModelConfig() and LossConfig(0.5) != LossConfig(0.1)

@@ -56,7 +56,7 @@ def test_tolerances_are_keyed_by_device_and_gpu_entries_are_unmeasured():
     gpu = tolerances.tolerance_for("conv2d.winograd.3x3s1p1.c128", "float32", "gpu")
     assert cpu == tolerances.DEFAULT["float32"]  # negative control: the CPU keeps its own
     assert gpu != cpu and gpu.atol > cpu.atol
-    for (case, dtype, device), tol in tolerances.DEVICE_OVERRIDES.items():
+    for (case, _dtype, device), tol in tolerances.DEVICE_OVERRIDES.items():
         if device == "gpu":
             assert tol.reason.startswith(tolerances.NOT_MEASURED), case
     # a GPU pair picks the GPU key; a CPU pair the CPU one

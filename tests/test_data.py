@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simclr_xb.data import (DATASETS, BatchLoader, DataError, Dataset, available_splits, load_dataset,
-                            make_shapes, pack)
+from simclr_xb.data import DATASETS, BatchLoader, DataError, Dataset, available_splits, load_dataset, make_shapes, pack
 from simclr_xb.data import download as dl
 from simclr_xb.data import shapes as shapes_mod
 from simclr_xb.data.cifar import safe_load
@@ -309,7 +308,8 @@ def test_hdf5_groups_toplevel_and_grey(tmp_path):
     (np.zeros((4, 8, 8, 4), np.uint8), np.zeros(4, np.int64), r"dataset /train/images is uint8 \(4, 8, 8, 4\)"),
     (np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, np.int64), r"dataset /train/images is float32"),
     (np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 2), np.int64), r"dataset /train/labels is int64 \(4, 2\)"),
-    (np.zeros((4, 8, 8, 3), np.uint8), np.zeros(3, np.int64), r"/train/images holds 4 images but /train/labels holds 3"),
+    (np.zeros((4, 8, 8, 3), np.uint8), np.zeros(3, np.int64),
+     r"/train/images holds 4 images but /train/labels holds 3"),
 ])
 def test_hdf5_wrong_shapes(tmp_path, images, labels, match):
     p = tmp_path / "bad.h5"
@@ -578,7 +578,8 @@ def test_loader_dataset_input_and_errors():
     b = next(iter(ld.epoch(0)))
     assert b.images.shape == (8, 32, 32, 3) and b.images.dtype == np.uint8
     ld.close()
-    with pytest.raises(ValueError, match=r"batch_size 8 x world 4 = global batch 32 is larger than the dataset \(30 images"):
+    with pytest.raises(ValueError,
+                       match=r"batch_size 8 x world 4 = global batch 32 is larger than the dataset \(30 images"):
         BatchLoader(ds, batch_size=8, seed=0, world=4, rank=1)
     with pytest.raises(ValueError, match="rank 2 / world 2"):
         BatchLoader(ds, batch_size=2, seed=0, rank=2, world=2)

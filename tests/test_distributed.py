@@ -27,11 +27,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dist_cases import (
+    HW,
+    LRS,
+    MIN_BROKEN,
+    NEG_STEPS,
+    STEPS,
+    TIMEOUT_S,
+    TOL_EQUAL,
+    WORLD,
+    diffs,
+    make_cfg,
+    rank_batch,
+    rel_err,
+)
 
 from simclr_xb.distributed import DistContext, DistributedError, free_ports, from_env, launch_argv
-
-from dist_cases import (HW, LRS, MIN_BROKEN, NEG_STEPS, STEPS, TIMEOUT_S, TOL_EQUAL, WORLD,
-                        diffs, make_cfg, rank_batch, rel_err)
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent

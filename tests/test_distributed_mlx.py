@@ -22,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dist_cases import LRS, MIN_BROKEN, NEG_STEPS, STEPS, TIMEOUT_S, TOL_EQUAL, WORLD, diffs, make_cfg, rank_batch
 
 from simclr_xb.distributed import DistributedError, free_ports, from_env, mlx_launcher
-
-from dist_cases import (LRS, MIN_BROKEN, NEG_STEPS, STEPS, TIMEOUT_S, TOL_EQUAL, WORLD,
-                        diffs, make_cfg, rank_batch)
 
 HERE = Path(__file__).resolve()
 CFG = make_cfg()

@@ -30,11 +30,27 @@ from simclr_xb.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from simclr_xb.cli import main
 from simclr_xb.config import ModelConfig, preset
 from simclr_xb.data import load_dataset
-from simclr_xb.export import (detect_format, encoder_state, export_encoder, export_metadata,
-                              load_exported, placeholder_head, read_safetensors, write_safetensors)
-from simclr_xb.finetune import (FinetuneConfig, balanced_quota, classifier_specs, excluded_flags,
-                                finetune_augment, initial_weights, load_subset, select_subset,
-                                train_classifier)
+from simclr_xb.export import (
+    detect_format,
+    encoder_state,
+    export_encoder,
+    export_metadata,
+    load_exported,
+    placeholder_head,
+    read_safetensors,
+    write_safetensors,
+)
+from simclr_xb.finetune import (
+    FinetuneConfig,
+    balanced_quota,
+    classifier_specs,
+    excluded_flags,
+    finetune_augment,
+    initial_weights,
+    load_subset,
+    select_subset,
+    train_classifier,
+)
 from simclr_xb.resnet_spec import encoder_specs, init_weights
 from simclr_xb.schedules import scale_lr, warmup_cosine
 

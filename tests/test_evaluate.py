@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from simclr_xb.evaluate import (_softmax_loss_grad, knn_classify, lbfgs, linear_probe,
-                                raw_pixel_features, topk_accuracy)
+from simclr_xb.evaluate import _softmax_loss_grad, knn_classify, lbfgs, linear_probe, raw_pixel_features, topk_accuracy
 
 
 def _blobs(seed, n, d=12, c=6, sep=1.0):

@@ -10,10 +10,7 @@ small and the whole file runs in well under a minute on 2 shared cores (no timin
 from __future__ import annotations
 
 import gzip
-import io
-import json
 import math
-import os
 import pickle
 from dataclasses import fields
 from pathlib import Path

@@ -18,8 +18,7 @@ from simclr_xb import reference as ref  # noqa: E402
 from simclr_xb.augment import identity_params, sample_pair, sample_view_params  # noqa: E402
 from simclr_xb.backends.mlx import api, convert  # noqa: E402
 from simclr_xb.backends.mlx.step import MOMENTUM_PREFIX, SimCLRModel  # noqa: E402
-from simclr_xb.config import (AugmentConfig, Config, LossConfig, ModelConfig,  # noqa: E402
-                              OptimConfig, TrainConfig)
+from simclr_xb.config import AugmentConfig, Config, LossConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from simclr_xb.resnet_spec import encoder_layout, feature_dim, init_weights, model_specs  # noqa: E402
 
 # Max abs error allowed per component: (float32, float64). Measured on mlx 0.32.4 / Linux CPU

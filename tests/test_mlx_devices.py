@@ -19,9 +19,9 @@ skipped here with that reason; the first one runs everywhere.
 from __future__ import annotations
 
 import ast
-from dataclasses import replace
 import inspect
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,7 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 
 from simclr_xb.backend import API_FUNCTIONS  # noqa: E402
-from simclr_xb.backends.mlx import api  # noqa: E402
-from simclr_xb.backends.mlx import convert  # noqa: E402
+from simclr_xb.backends.mlx import api, convert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_GPU = mx.is_available(mx.gpu)

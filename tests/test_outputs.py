@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import gzip
-import json
 import os
 
 import pytest
 
 from simclr_xb.inputs import InputTooLarge, check_allocation, check_device, positive_int, read_capped
-from simclr_xb.outputs import (OutputError, check_output_dir, check_output_file, claim_run_folder,
-                               not_regular, read_run)
+from simclr_xb.outputs import OutputError, check_output_dir, check_output_file, claim_run_folder, not_regular, read_run
 
 
 def test_output_file_checks(tmp_path):

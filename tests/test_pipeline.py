@@ -17,7 +17,6 @@ from simclr_xb.data.shapes import SHAPE_CLASSES, make_shapes
 from simclr_xb.pipeline import StepPipeline
 from simclr_xb.train import NonFiniteLossError, train
 
-
 # --------------------------------------------------------------------------- the pipeline alone
 
 
@@ -46,7 +45,7 @@ def _pipe(log, may=lambda s: True):
 def test_each_step_is_launched_before_the_previous_one_is_read():
     log, got = [], []
     pipe = _pipe(log)
-    for t0, lr, m in pipe.run(range(3), 5):
+    for _t0, _lr, m in pipe.run(range(3), 5):
         got.append(m["loss"])
     assert got == [5.0, 6.0, 7.0]
     assert log == [("launch", 5, False), ("launch", 6, True), ("read", 5), ("launch", 7, True),
@@ -56,7 +55,7 @@ def test_each_step_is_launched_before_the_previous_one_is_read():
 def test_no_launch_ahead_where_not_allowed_and_early_stop_undoes_the_step_in_flight():
     log = []
     pipe = _pipe(log, may=lambda s: s != 7)  # e.g. step 7 starts after a checkpoint
-    for t0, lr, m in pipe.run(range(4), 5):
+    for _t0, _lr, m in pipe.run(range(4), 5):
         if m["loss"] == 7.0:
             break  # a stop: step 8 was launched ahead and is not counted
     assert ("launch", 7, True) not in log and ("launch", 7, False) in log

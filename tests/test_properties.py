@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from simclr_xb.augment import sample_pair, sample_view_params, view_rng
 from simclr_xb.config import AugmentConfig, ConfigError
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 

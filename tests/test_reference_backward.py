@@ -27,8 +27,7 @@ import pytest
 from simclr_xb import reference as R
 from simclr_xb.augment import identity_params, sample_pair
 from simclr_xb.config import AugmentConfig, Config, LossConfig, ModelConfig, OptimConfig
-from simclr_xb.resnet_spec import (encoder_layout, head_dims, init_weights, last_bn_of_block,
-                                   model_specs)
+from simclr_xb.resnet_spec import encoder_layout, head_dims, init_weights, last_bn_of_block, model_specs
 
 H = 1e-6  # finite-difference step for the nonlinear checks
 

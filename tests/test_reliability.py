@@ -392,6 +392,7 @@ def _torch_bn_running_var_biased(monkeypatch):
     """The torch backend's BN keeps the BIASED batch variance in running_var (corrected after
     each step from the value before it: autograd keeps running_var during the step)."""
     import torch
+
     from simclr_xb.backends.torch import step as S
     real = S.Trainer.train_step
 

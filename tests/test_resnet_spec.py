@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 
 from simclr_xb.config import ModelConfig
-from simclr_xb.resnet_spec import (check_weights, encoder_layout, encoder_specs, feature_dim, head_dims,
-                                   head_specs, init_weights, last_bn_of_block, model_specs, probe_specs)
+from simclr_xb.resnet_spec import (
+    check_weights,
+    encoder_layout,
+    encoder_specs,
+    feature_dim,
+    head_dims,
+    head_specs,
+    init_weights,
+    last_bn_of_block,
+    model_specs,
+    probe_specs,
+)
 
 
 def _count(specs) -> int:

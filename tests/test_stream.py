@@ -2,7 +2,6 @@
 original resolution, evaluation views, the end-to-end CLI path and its memory bound."""
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -18,8 +17,7 @@ from PIL import Image
 
 from simclr_xb.augment import center_crop_boxes, sample_crop_boxes, sample_pair, sample_view_params
 from simclr_xb.config import AugmentConfig
-from simclr_xb.data import (BatchLoader, DataError, DataWorkerError, StreamLoader, load_dataset,
-                            open_dataset)
+from simclr_xb.data import BatchLoader, DataError, DataWorkerError, StreamLoader, load_dataset, open_dataset
 from simclr_xb.data.decode import crop_views
 from simclr_xb.data.hdf5 import LazyH5Images, load_hdf5
 from simclr_xb.data.index import build_folder_index

@@ -4,7 +4,6 @@ The distribution against TensorFlow's own kernel is tests/test_tf2_reference.py 
 tensorflow); these tests need numpy only.
 """
 import numpy as np
-import pytest
 
 from simclr_xb.augment import sample_crop_boxes, sample_crop_boxes_tf2, sample_view_params
 from simclr_xb.config import AugmentConfig

@@ -19,8 +19,7 @@ torch = pytest.importorskip("torch")
 from simclr_xb import reference as R  # noqa: E402
 from simclr_xb.augment import ViewParams, identity_params, sample_pair, sample_view_params  # noqa: E402
 from simclr_xb.backend import API_FUNCTIONS, get_backend  # noqa: E402
-from simclr_xb.config import (AugmentConfig, Config, LossConfig, ModelConfig, OptimConfig,  # noqa: E402
-                              TrainConfig)
+from simclr_xb.config import AugmentConfig, Config, LossConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from simclr_xb.resnet_spec import encoder_layout, feature_dim, init_weights, model_specs  # noqa: E402
 
 api = get_backend("torch")

@@ -48,7 +48,7 @@ class LARS(optim.Optimizer):
         self.learning_rate = learning_rate
 
     @classmethod
-    def from_config(cls, cfg: OptimConfig, excluded=None, dtype=mx.float32) -> "LARS":
+    def from_config(cls, cfg: OptimConfig, excluded=None, dtype=mx.float32) -> LARS:
         return cls(0.0, cfg.momentum, cfg.weight_decay, cfg.eta, cfg.nesterov, excluded, dtype)
 
     @property

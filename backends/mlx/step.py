@@ -61,9 +61,6 @@ from .ntxent import nt_xent, nt_xent_chunked, nt_xent_chunked_value_and_grad
 from .resnet import ResNet
 
 
-
-
-
 def probe_input(h: mx.array, dist=None) -> mx.array:
     """The online probe's input (reference.probe_input): h (2N, d) standardised per feature
     with the mean and variance of the GLOBAL batch (with ``dist``, the per-rank first and
@@ -195,7 +192,7 @@ def eval_identity_views(model: nn.Module, images_u8: np.ndarray, batch_size: int
 class PendingStep:
     """A step launched by :meth:`Trainer.train_step_async`: its outputs are being computed."""
 
-    def __init__(self, trainer: "Trainer", outputs: tuple, with_probe: bool, before):
+    def __init__(self, trainer: Trainer, outputs: tuple, with_probe: bool, before):
         self._trainer, self._outputs, self._with_probe, self._before = trainer, outputs, with_probe, before
         self._result = None
 
@@ -402,7 +399,7 @@ class Trainer:
 
     def train_step_async(self, images_u8: np.ndarray, labels: np.ndarray | None, p1: ViewParams,
                          p2: ViewParams, lr: float, *, skip_nonfinite: bool = False,
-                         cropped: bool = False, keep_before: bool = False, views=None) -> "PendingStep":
+                         cropped: bool = False, keep_before: bool = False, views=None) -> PendingStep:
         """:meth:`train_step` without waiting for it: the step's outputs and the new state are
         handed to ``mx.async_eval`` and a :class:`PendingStep` is returned at once, so the
         host can prepare the next step (sample views, load the batch, build its graph) while

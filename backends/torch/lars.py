@@ -21,7 +21,7 @@ Parameters whose ``.grad`` is None are skipped (their momentum is left as it is)
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 

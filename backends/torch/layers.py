@@ -11,7 +11,7 @@ Every builder takes a ``norm_layer`` factory ``(num_features, dims, bias, moment
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

@@ -45,8 +45,15 @@ from simclr_xb.augment import ViewParams
 from simclr_xb.config import Config, ModelConfig
 from simclr_xb.distributed import active
 from simclr_xb.resnet_spec import ParamSpec, check_weights, feature_dim, init_weights, model_specs
-from simclr_xb.state import (MOMENTUM_PREFIX, PROBE_EPS, check_images, check_pair, identity_batches, merge_state,
-                             split_state)
+from simclr_xb.state import (
+    MOMENTUM_PREFIX,
+    PROBE_EPS,
+    check_images,
+    check_pair,
+    identity_batches,
+    merge_state,
+    split_state,
+)
 
 from .augment import augment, augment_cropped
 from .convert import device_name, resolve_device, to_tensor, weights_to_numpy, weights_to_torch
@@ -55,9 +62,6 @@ from .lars import LARS
 from .layers import NormLayer, batch_norm
 from .ntxent import nt_xent, nt_xent_chunked
 from .resnet import ResNet
-
-
-
 
 
 def probe_input(h: torch.Tensor, mean_over_ranks=None) -> torch.Tensor:
@@ -210,7 +214,7 @@ class Trainer:
             try:
                 self._compiled = torch.compile(self._net)
             except Exception as e:  # noqa: BLE001 - any failure means: run eagerly
-                warnings.warn(f"torch.compile is unavailable ({e!r}); running the model eagerly")
+                warnings.warn(f"torch.compile is unavailable ({e!r}); running the model eagerly", stacklevel=2)
 
     @property
     def device(self) -> str:
@@ -242,7 +246,8 @@ class Trainer:
             try:
                 return self._compiled(x)
             except Exception as e:  # noqa: BLE001 - compilation failed: fall back once, loudly
-                warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); running the model eagerly")
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); running the model eagerly",
+                              stacklevel=2)
                 self._compiled = None
         return self._net(x)
 

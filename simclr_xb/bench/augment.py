@@ -140,8 +140,8 @@ def run(size: str = "full", repeats: int | None = None, workers: int | None = No
         common = {"setting": name, "size": S, "source": side, "blur_p": blur_p, "strength": strength,
                   "images": n, "views": views, "batch": batch}
         loader = pillow_loader(images, params, batch, S, workers)
-        t = measure(lambda: [None for _ in loader], repeats=repeats, warmup=1)
-        del loader
+        t = measure(lambda loader=loader: [None for _ in loader], repeats=repeats, warmup=1)
+        loader = None  # ends the DataLoader and its workers
         rows.append({**common, "pipeline": "pillow-dataloader", "workers": workers, "threads": 1,
                      **t.to_dict(), **rate(views, t)})
         log(f"augment {name}: pillow-dataloader ({workers} workers) {views / t.median:9.0f} views/s")

@@ -113,7 +113,7 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
         flat = views.reshape(2 * pairs, S, S, 3)
         augment_cropped(flat[:8], both[:8], cfg)  # warm up
 
-        def usual(full: bool):
+        def usual(full: bool, p1=p1, p2=p2, S=S):  # this size's views (bound: the loop moves on)
             for j, i in enumerate(idx):
                 with Image.open(source_of(ds.index, int(i))) as im:
                     im = im.convert("RGB")
@@ -125,8 +125,9 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
                             v = im.resize((S, S), Image.BILINEAR, box=(left, top, left + w, top + h))
                             if p.flip[j]:
                                 v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        sides = {"decode": lambda: decode_batch(ds.index, idx, boxes, DecodeSpec(S), views),
-                 "backend": lambda: augment_cropped(flat, both, cfg),
+        sides = {"decode": lambda boxes=boxes, S=S, views=views: decode_batch(ds.index, idx, boxes, DecodeSpec(S),
+                                                                             views),
+                 "backend": lambda flat=flat, both=both, cfg=cfg: augment_cropped(flat, both, cfg),
                  "full": lambda: usual(True), "crop": lambda: usual(False)}
         runs = {k: [] for k in sides}
         for _ in range(repeats):  # round-robin: every side sees the same background load

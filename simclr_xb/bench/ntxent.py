@@ -71,7 +71,6 @@ def _mlx_loss_and_grad(method: str, chunk: int, device: str = "cpu"):
     import mlx.core as mx
 
     from simclr_xb.backends.mlx.convert import device_for
-
     from simclr_xb.backends.mlx.ntxent import nt_xent, nt_xent_chunked_value_and_grad
 
     # chunked: the eager block-by-block value and gradient the MLX trainer uses with
@@ -142,7 +141,7 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
                 fn = (_torch_loss_and_grad(method, chunk) if backend == "torch"
                       else _mlx_loss_and_grad(method, chunk, device))
                 loss, _ = fn(z)
-                t = measure(lambda: fn(z), repeats=repeats, warmup=0)
+                t = measure(lambda fn=fn, z=z: fn(z), repeats=repeats, warmup=0)
                 row = {"backend": backend, "method": method, "n": n, "views": 2 * n, "dim": DIM,
                        "chunk": chunk if method == "chunked" else None, "loss": loss,
                        "matrix_mb": 4 * (2 * n) ** 2 / 2 ** 20, **t.to_dict(), **rate(2 * n, t)}

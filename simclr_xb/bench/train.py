@@ -221,7 +221,8 @@ def _usual_row(arch: str, model, aug, batch: int, images, steps: int, repeats: i
     row = {"arch": arch, "backend": "torch", "precision": "float32", "mode": "usual", "batch": n,
            "image_size": S, "workers": workers, "step_gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / t.median,
            "images_per_s": n / t.median, **t.to_dict(), **rate(n, t),
-           "steps_per_run": run_steps, "lead_batches_untimed": lead, "vs_best_precision": best, "vs_best_images_per_s": n / timed["ours"].median,
+           "steps_per_run": run_steps, "lead_batches_untimed": lead, "vs_best_precision": best,
+           "vs_best_images_per_s": n / timed["ours"].median,
            "vs_best_runs_s": timed["ours"].runs}
     log(f"train {arch} usual loop (Pillow DataLoader, {workers} workers, eager float32): "
         f"{row['images_per_s']:7.1f} img/s; batched {best} end to end in the same rounds: "
@@ -235,7 +236,6 @@ def run(size: str = "full", backends: tuple[str, ...] = ("torch", "mlx"), repeat
         **_) -> Report:
     """``device``: the MLX trainer's device ("cpu" | "gpu"); torch runs on the CPU."""
     import torch
-
 
     from .augment import source_images
     repeats = repeats or (2 if size == "tiny" else 5)

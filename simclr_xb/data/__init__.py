@@ -135,6 +135,7 @@ def available_splits(spec: str, root: str | os.PathLike | None = None) -> tuple[
         return tuple(s for s in SPLITS if s in shard_files(Path(resolve_path(kind, arg, root))))
     if kind == "hdf5":
         import h5py
+
         from .hdf5 import file_splits
         try:
             with h5py.File(arg, "r") as f:

@@ -148,9 +148,9 @@ def load_hdf5(path: str | os.PathLike, split: str = "train", name: str | None = 
                 raise DataError(f"HDF5 file {path} has neither /train, /test groups nor top-level "
                                 f"/images and /labels datasets (found: {sorted(f.keys())})")
             if split not in splits:
+                top = " (top-level /images and /labels are the train split)" if splits.get("train") == "/" else ""
                 raise DataError(f"HDF5 file {path} has no split {split!r}: it holds "
-                                f"{', '.join(sorted(splits))}" + (" (top-level /images and /labels are "
-                                                                  "the train split)" if splits.get("train") == "/" else ""))
+                                f"{', '.join(sorted(splits))}" + top)
             g = splits[split].rstrip("/")
             img_path, lbl_path = f"{g}/images", f"{g}/labels"
             if img_path in f and isinstance(f[img_path], h5py.Dataset) and f[img_path].nbytes > limit:

@@ -38,7 +38,8 @@ EVAL_SPLIT_DIRS = ("val", "test")
 class ImageIndex:
     """Files of one split. ``files``: paths relative to ``root`` (or tar member names) as a
     bytes array (``os.fsencode``: 1 byte per character, so the index that every worker
-    process receives stays small; :meth:`name` decodes one); ``labels`` int64 (N,); ``hw`` int64 (N, 2) = (H, W); ``classes``: names by label.
+    process receives stays small; :meth:`name` decodes one); ``labels`` int64 (N,); ``hw``
+    int64 (N, 2) = (H, W); ``classes``: names by label.
     For tar shards (:mod:`.shards`) ``shard`` (N,) int64 names ``shards[shard[i]]`` and
     ``offset`` / ``length`` (N,) int64 locate the image bytes inside it."""
 
@@ -60,7 +61,7 @@ class ImageIndex:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, idx: np.ndarray) -> "ImageIndex":
+    def subset(self, idx: np.ndarray) -> ImageIndex:
         idx = np.asarray(idx, dtype=np.int64)
         pick = (lambda a: None if a is None else a[idx])
         return ImageIndex(self.root, self.files[idx], self.labels[idx], self.hw[idx], list(self.classes),

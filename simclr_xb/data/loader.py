@@ -30,7 +30,8 @@ import math
 import queue
 import threading
 import weakref
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -149,7 +150,7 @@ class BatchLoader(_Closes):
         return Batch(self.images[idx], self.labels[idx], idx)
 
     # --- iteration -------------------------------------------------------------------------
-    def epoch(self, epoch: int, start_step: int = 0) -> "_EpochIterator":
+    def epoch(self, epoch: int, start_step: int = 0) -> _EpochIterator:
         """Iterate this rank's batches of ``epoch`` from ``start_step`` (for exact resume)."""
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step {start_step} is outside [0, {self.steps_per_epoch}]")
@@ -208,7 +209,7 @@ class _EpochIterator(_Closes):
         for t in self.threads:
             t.start()
 
-    def __iter__(self) -> "_EpochIterator":
+    def __iter__(self) -> _EpochIterator:
         return self
 
     def __len__(self) -> int:

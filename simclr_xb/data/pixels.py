@@ -51,7 +51,7 @@ def _on_black(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.astype(np.uint8))
 
 
-def to_rgb_uint8(img: Image.Image, name: str) -> np.ndarray:
+def to_rgb_uint8(img: Image.Image, name: str) -> np.ndarray:  # noqa: C901 - one branch per Pillow mode
     """Pillow image -> uint8 (H, W, 3) RGB by the rules of this module; ``DataError`` naming
     ``name`` when the mode or the values cannot be converted faithfully."""
     mode = img.mode

@@ -34,8 +34,9 @@ import queue
 import signal
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -94,7 +95,7 @@ class StreamDataset:
     def skipped(self) -> int:
         return len(self.index.skipped)
 
-    def subset(self, idx) -> "StreamDataset":
+    def subset(self, idx) -> StreamDataset:
         return StreamDataset(self.index.subset(idx), self.name, self.split)
 
 
