@@ -52,13 +52,8 @@ def chip() -> str:
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from .bench.common import cpu_model
+    return cpu_model()
 
 
 def system_info() -> dict:

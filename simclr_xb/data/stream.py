@@ -42,6 +42,7 @@ import numpy as np
 
 from .common import DataError
 from .index import ImageIndex
+from .loader import _Closes
 
 _POLL_S = 0.2
 
@@ -200,7 +201,7 @@ class ViewBatch(NamedTuple):
     params: list         # K ViewParams of length B (crop boxes in source pixels)
 
 
-class StreamLoader:
+class StreamLoader(_Closes):
     """Batches of cropped views from a :class:`StreamDataset` (see the module docstring).
 
     make_params(epoch, step, indices, hw (B, 2)) -> list of K ViewParams: the views' boxes
@@ -286,18 +287,6 @@ class StreamLoader:
             except (FileNotFoundError, BufferError):
                 pass
             self._shm = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finaliser
-            pass
 
     # --- batches ---------------------------------------------------------------------------
     def _plan(self, epoch: int, step: int, perm: np.ndarray):
