@@ -792,12 +792,13 @@ def selfcheck(json_out, steps, batch_size, image_size, width, pattern, no_ring):
     from simclr_xb.selfcheck import failed, run_selfcheck, summary
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
+    _outputs_first({"--json": json_out})  # before minutes of checks
     try:
         doc = run_selfcheck(steps=steps, cases=pattern, batch_size=batch_size, image_size=image_size,
                             width=width, ring=not no_ring, log=lambda m: click.echo(m, err=True))
     except _known_errors() as e:
         _fail(e)
-    Path(json_out).write_text(json.dumps(doc, indent=2, default=str))
+    _write_text(json_out, json.dumps(doc, indent=2, default=str))
     click.echo(summary(doc))
     click.echo(f"wrote {json_out}: send this file (docs/apple-silicon.md says how)")
     if failed(doc):
@@ -858,10 +859,12 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
     from simclr_xb.bench.common import format_targets
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for b in names:
-        if b not in ("torch", "mlx", "tf2"):  # tf2: TensorFlow's own ops (extra [tf2]), a reference
-            raise UserError(f"unknown backend {b!r} in --backends: expected torch, mlx and/or tf2")
+        if b not in ("torch", "mlx"):
+            raise UserError(f"unknown backend {b!r} in --backends: expected torch and/or mlx")
     if not names:
         raise UserError("--backends is empty: expected torch and/or mlx")
+    if n_files is not None and n_files < 1:
+        raise UserError(f"--files must be >= 1, got {n_files}")
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be >= 1, got {threads}")

@@ -174,3 +174,11 @@ def test_loss_chunk_config_is_validated():
             LossConfig(chunk=bad).validate()
     cfg = preset("tiny").with_overrides(["loss.chunk=64"])
     assert cfg.loss.chunk == 64
+
+
+def test_bench_refuses_zero_files_and_unknown_backends(tmp_path):
+    from simclr_xb.cli import main
+    r = CliRunner().invoke(main, ["bench", "data", "--files", "0", "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "--files must be >= 1" in r.output
+    r = CliRunner().invoke(main, ["bench", "augment", "--backends", "tf2", "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "unknown backend 'tf2'" in r.output

@@ -62,3 +62,12 @@ def test_failed_flags_a_conformance_failure(report):
 def test_bad_steps_is_one_line_error(tmp_path):
     r = CliRunner().invoke(main, ["selfcheck", "--steps", "0", "--json", str(tmp_path / "r.json")])
     assert r.exit_code != 0 and "--steps must be >= 1" in r.output
+
+
+def test_unwritable_report_fails_before_the_checks(tmp_path, monkeypatch):
+    """The --json file's folder is checked first: no minutes of checks before the error."""
+    import simclr_xb.selfcheck as sc
+    monkeypatch.setattr(sc, "run_selfcheck", lambda **kw: pytest.fail("ran the checks first"))
+    r = CliRunner().invoke(main, ["selfcheck", "--json", str(tmp_path / "missing" / "r.json")])
+    assert r.exit_code != 0 and "missing" in r.output and "Traceback" not in r.output
+
