@@ -840,7 +840,12 @@ def _bench_device(device: str) -> str:
                    "Recorded in each JSON.")
 @click.option("--files", "n_files", type=int, default=None,
               help="data: JPEG files in the generated folder (default 20000; tiny 120).")
-def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir, device, n_files):
+@click.option("--torchvision-python", "torchvision_python", type=click.Path(dir_okay=False), default=None,
+              help="data: a Python with torchvision (e.g. /work/tvenv/bin/python, benchmarks/README.md) "
+                   "for the real ImageFolder + DataLoader baseline rows (default: "
+                   "$SIMCLR_XB_TORCHVISION_PYTHON; none: the Pillow stand-in only).")
+def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, work_dir, device, n_files,
+          torchvision_python):
     """Benchmarks, written as JSON (benchmarks/README.md summarises them).
 
     \b
@@ -887,7 +892,8 @@ def bench(suite, size, out_dir, machine, backends, threads, repeats, plot_path, 
         opts = {"backend": names[0], "plot_path": plot_path, "work_dir": work_dir} if name == "quality" \
             else {"backends": tuple(names), "repeats": repeats}
         if name == "data":
-            opts = {"work_dir": data_dir, "n_files": n_files, "repeats": repeats}
+            opts = {"work_dir": data_dir, "n_files": n_files, "repeats": repeats,
+                    "torchvision_python": torchvision_python}
         elif device is not None:
             opts["device"] = _bench_device(device)
         command = "simclr-xb bench " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))

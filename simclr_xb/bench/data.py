@@ -32,6 +32,11 @@ import numpy as np
 from .common import Report, Target
 
 TARGETS = {"vs_usual_full_224": 2.5, "vs_crop_flip_224": 1.0, "vs_crop_flip_small": 1.6}
+# The loader rows (.data_loaders): worker processes, pairs of the long and the short pass, batch.
+LOADER_WORKERS = 2
+LOADER_PAIRS = {"full": 512, "tiny": 16}
+LOADER_SHORT = {"full": 128, "tiny": 8}
+LOADER_BATCH = {"full": 32, "tiny": 4}
 
 
 def imagenet_like_sizes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -67,6 +72,56 @@ def make_jpeg_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Pa
     return root
 
 
+def _loader_rows(ds, root: Path, size: str, tv_python: str | None, log) -> list[dict]:
+    """The ``loader_cpu_per_pair`` rows (:mod:`.data_loaders`): ours, and torchvision's two
+    modes when ``tv_python`` is given, on the same files at each view size."""
+    from simclr_xb.data.stream import source_of
+
+    from . import data_loaders
+    pairs, short, batch = LOADER_PAIRS[size], LOADER_SHORT[size], LOADER_BATCH[size]
+    if len(ds) < pairs:
+        raise ValueError(f"bench data: the loader rows need >= {pairs} files, the folder has {len(ds)}")
+    idx = np.sort(np.random.default_rng(2).choice(len(ds), pairs, replace=False))
+    for i in idx:  # in the page cache before any loader runs
+        with open(source_of(ds.index, int(i)), "rb") as f:
+            f.read()
+    files = data_loaders.split_relative(ds, idx, str(root))
+    out = []
+    for S in (224, 96, 32):
+        out.append(data_loaders.ours(ds, idx, S, LOADER_WORKERS, batch, short))
+        if tv_python:
+            out += [data_loaders.torchvision(tv_python, str(root), files, S, mode, LOADER_WORKERS, batch, short)
+                    for mode in data_loaders.TV_MODES]
+        for r in out[-3 if tv_python else -1:]:
+            log(f"data loader {S} px {r['side']:22s}: {r['marginal_cpu_ms_per_pair']:.2f} CPU-ms/pair marginal "
+                f"({r['cpu_ms_per_pair']:.2f} with worker start-up), {r['pairs_per_s']:.0f} pairs/s, "
+                f"{LOADER_WORKERS} workers")
+    return out
+
+
+def _targets(in_process: dict, ratios: dict, real: bool) -> list[Target]:
+    """The TARGETS from the real torchvision loader rows of this run when they ran (``real``),
+    else from the in-process Pillow stand-in rows; each target's name says which."""
+    note = ("ours: the workers' decode + crop + resize; the flip/jitter/grayscale/blur run batched "
+            "on the training device (ours_backend_ms of the cpu_per_pair rows")
+    if real:
+        note += "). Real torchvision: ImageFolder + DataLoader, 2 workers each side, marginal CPU-ms per " \
+                "pair (main + workers, start-up cancelled), loader_ratio rows"
+        value = {S: (r.get("vs_torchvision_full"), r.get("vs_torchvision_crop_flip")) for S, r in ratios.items()}
+        full, crop = "torchvision full", "torchvision crop+flip"
+    else:
+        note += "; on a CPU-only machine add it: see vs_*_cpu_only). Pillow stand-in, in-process, 1 thread, " \
+                "no DataLoader IPC or ToTensor (leaner than torchvision): cpu_per_pair rows"
+        value = {S: (r["vs_usual_full"], r["vs_crop_flip"]) for S, r in in_process.items()}
+        full, crop = "usual-full (Pillow stand-in)", "usual-crop-flip (Pillow stand-in)"
+    return [Target(f"{full} / ours CPU-ms per pair at 224 px", value[224][0], TARGETS["vs_usual_full_224"],
+                   note=note),
+            Target(f"{crop} / ours CPU-ms per pair at 224 px", value[224][1], TARGETS["vs_crop_flip_224"],
+                   note=note)] + \
+        [Target(f"{crop} / ours CPU-ms per pair at {S} px", value[S][1], TARGETS["vs_crop_flip_small"], note=note)
+         for S in (96, 32)]
+
+
 def _cpu(fn) -> float:
     t0 = time.process_time()
     fn()
@@ -74,7 +129,10 @@ def _cpu(fn) -> float:
 
 
 def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int | None = None,
-        repeats: int | None = None, **_) -> Report:
+        repeats: int | None = None, torchvision_python: str | None = None, end_to_end: bool = True,
+        **_) -> Report:
+    """``torchvision_python``: an interpreter with torchvision for the real baseline's rows
+    (else $SIMCLR_XB_TORCHVISION_PYTHON, else none: the targets then use the Pillow stand-in)."""
     import torch
     from PIL import Image
 
@@ -85,8 +143,9 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
     from simclr_xb.data.index import build_folder_index
     from simclr_xb.data.stream import DecodeSpec, decode_batch, source_of
 
+    from . import data_e2e, data_loaders
     from .pillow_pipeline import pil_view
-
+    tv_python = data_loaders.interpreter(torchvision_python)  # a bad path fails before any work
     n = n_files or (20000 if size == "full" else 120)
     pairs = 256 if size == "full" else 16
     repeats = repeats or (3 if size == "full" else 1)
@@ -101,8 +160,9 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
     for i in idx:  # the files in the page cache before any side is timed
         with open(source_of(ds.index, int(i)), "rb") as f:
             f.read()
+    threads0 = torch.get_num_threads()
     torch.set_num_threads(1)
-    targets = []
+    targets, in_process = [], {}
     for S in (224, 96, 32):
         cfg = AugmentConfig(image_size=S, blur_p=0.5 if S >= 96 else 0.0)
         p1, p2 = sample_pair(cfg, pairs, ds.hw[idx], 0, 0, 0)
@@ -145,17 +205,12 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
         log(f"data {S} px: CPU-ms/pair ours {ms['ours']:.2f} (decode+crop {ms['ours_decode']:.2f}, backend "
             f"{ms['ours_backend']:.2f}), usual full {ms['usual-full']:.2f}, usual crop+flip "
             f"{ms['usual-crop-flip']:.2f}")
-        r = rows[-1]
-        note = ("CPU work of the data workers; the flip/jitter/grayscale/blur run batched on the "
-                "training device (on a CPU-only machine add ours_backend_ms: see vs_*_cpu_only)")
-        if S == 224:
-            targets += [Target("usual-full / ours CPU-ms per pair at 224 px", r["vs_usual_full"],
-                               TARGETS["vs_usual_full_224"], note=note),
-                        Target("usual-crop-flip / ours CPU-ms per pair at 224 px", r["vs_crop_flip"],
-                               TARGETS["vs_crop_flip_224"], note=note)]
-        else:
-            targets.append(Target(f"usual-crop-flip / ours CPU-ms per pair at {S} px", r["vs_crop_flip"],
-                                  TARGETS["vs_crop_flip_small"], note=note))
+        in_process[S] = rows[-1]
+    loader_rows = _loader_rows(ds, root, size, tv_python, log)
+    rows += [{"bench": "loader_cpu_per_pair", **r} for r in loader_rows]
+    ratios = {S: data_loaders.ratio_row(S, loader_rows) for S in (224, 96, 32)}
+    rows += list(ratios.values())
+    targets = _targets(in_process, ratios, tv_python is not None)
     S, B = 224, (32 if size == "full" else 4)
     cfg = AugmentConfig(image_size=S)
     mk = (lambda e, s, i, hw: list(sample_pair(cfg, len(i), hw, 0, e, s, 0)))
@@ -171,11 +226,18 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
         log(f"data workers {nw}: {k * B / wall:.0f} pairs/s at {S} px")
     w1, w2 = (r["pairs_per_s"] for r in rows if r["bench"] == "workers")
     rows.append({"bench": "workers", "scaling_1_to_2": w2 / w1})
+    if end_to_end:
+        rows += data_e2e.rows(ds, size, log, threads=threads0)
     per_image = sum(a.nbytes for a in (ds.index.files, ds.index.labels, ds.index.hw)) / len(ds)
     rows.append({"bench": "memory", "index_bytes_per_image": per_image,
                  "ring_bytes": 2 * 256 * 2 * 224 * 224 * 3, "note": "ring: prefetch 2 batches of 256 "
                  "pairs at 224 px, whatever the dataset size and the number of workers"})
     return Report(suite="data", settings={"files": n, "pairs": pairs, "repeats": repeats, "threads": 1,
                                           "own_threads": 3,
+                                          "loader": {"workers": LOADER_WORKERS, "pairs": LOADER_PAIRS[size],
+                                                     "short_pairs": LOADER_SHORT[size],
+                                                     "batch_size": LOADER_BATCH[size]},
+                                          "torchvision_python": tv_python,
+                                          "targets_from": "torchvision" if tv_python else "pillow-stand-in",
                                           "folder": str(root),
                                           "cpus": os.cpu_count()}, rows=rows, targets=targets)
