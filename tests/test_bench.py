@@ -182,3 +182,146 @@ def test_bench_refuses_zero_files_and_unknown_backends(tmp_path):
     assert r.exit_code != 0 and "--files must be >= 1" in r.output
     r = CliRunner().invoke(main, ["bench", "augment", "--backends", "tf2", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "unknown backend 'tf2'" in r.output
+
+
+# --------------------------------------------------------------------------- data: torchvision baseline
+
+FAKE_TV = '''#!{python}
+"""A stand-in for a torchvision interpreter: answers tv_baseline's command line with JSON
+whose marginal CPU-ms is 100 + size (full) or 10 + size (crop-flip), and logs its arguments."""
+import json, sys
+a = sys.argv[1:]
+opt = dict(zip(a[2::2], a[3::2]))
+files = open(opt["--files"]).read().split()
+with open({log!r}, "a") as f:
+    f.write(json.dumps({{"argv": a, "files": files}}) + "\\n")
+size, mode = int(opt["--size"]), opt["--mode"]
+ms = (100.0 if mode == "full" else 10.0) + size
+print("torch warnings may come first")
+print(json.dumps({{"mode": mode, "size": size, "workers": int(opt["--workers"]),
+                  "batch_size": int(opt["--batch-size"]), "pairs": len(files),
+                  "short_pairs": int(opt["--short-pairs"]), "cpu_s": 1.0, "short_cpu_s": 0.5, "wall_s": 1.0,
+                  "cpu_ms_per_pair": ms, "marginal_cpu_ms_per_pair": ms, "pairs_per_s": 5.0,
+                  "start_method": "fork", "versions": {{"torchvision": "fake"}}}}))
+'''
+
+
+def _fake_tv(tmp_path):
+    import sys
+    log = tmp_path / "fake-tv.log"
+    exe = tmp_path / "fake-python"
+    exe.write_text(FAKE_TV.format(python=sys.executable, log=str(log)))
+    exe.chmod(0o755)
+    return exe, log
+
+
+def test_bench_data_tiny_with_a_fake_torchvision_interpreter(tmp_path, monkeypatch):
+    """The CLI's --torchvision-python runs tv_baseline's command line per size and mode on the
+    files of our loader rows; its JSON becomes loader rows, same-run ratios and the targets
+    (named "torchvision", not the Pillow stand-in); the end-to-end rows are there."""
+    from simclr_xb.bench.data import LOADER_PAIRS, TARGETS
+    from simclr_xb.cli import main
+    monkeypatch.delenv("SIMCLR_XB_TORCHVISION_PYTHON", raising=False)
+    exe, log = _fake_tv(tmp_path)
+    jpegs, out = tmp_path / "jpegs", tmp_path / "out"
+    r = CliRunner().invoke(main, ["bench", "data", "--size", "tiny", "--files", "24", "--work-dir", str(jpegs),
+                                  "--out", str(out), "--torchvision-python", str(exe)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(next(out.glob("data-*.json")).read_text())
+    check_report(data)
+    assert data["settings"]["targets_from"] == "torchvision"
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(c["argv"][c["argv"].index("--size") + 1], c["argv"][c["argv"].index("--mode") + 1]) for c in calls] \
+        == [(s, m) for s in ("224", "96", "32") for m in ("full", "crop-flip")]
+    files = calls[0]["files"]
+    assert len(files) == LOADER_PAIRS["tiny"] and all(c["files"] == files for c in calls)
+    assert all((jpegs / "train" / f).is_file() for f in files)
+    loader = [x for x in data["rows"] if x["bench"] == "loader_cpu_per_pair"]
+    assert sorted((x["size"], x["side"]) for x in loader) == sorted(
+        (s, side) for s in (224, 96, 32) for side in ("ours", "torchvision-full", "torchvision-crop-flip"))
+    ours = {x["size"]: x for x in loader if x["side"] == "ours"}
+    assert all(x["pairs"] == LOADER_PAIRS["tiny"] and x["workers"] == 2 for x in ours.values())
+    ratios = {x["size"]: x for x in data["rows"] if x["bench"] == "loader_ratio"}
+    for s, o in ours.items():
+        m = o["marginal_cpu_ms_per_pair"]
+        want = (100 + s) / m if m > 0 else None
+        assert ratios[s]["vs_torchvision_full"] == (pytest.approx(want) if want else None)
+    t = {x["name"]: x for x in data["targets"]}
+    assert len(t) == 4 and all(n.startswith("torchvision ") for n in t)
+    assert t["torchvision full / ours CPU-ms per pair at 224 px"]["target"] == TARGETS["vs_usual_full_224"]
+    assert t["torchvision full / ours CPU-ms per pair at 224 px"]["value"] == ratios[224]["vs_torchvision_full"]
+    e2e = {x["mode"]: x for x in data["rows"] if x["bench"] == "e2e"}
+    assert set(e2e) == {"e2e", "in-memory", "model"} and "share" in e2e["e2e"]["note"]
+    assert e2e["e2e"]["of_model_ceiling"] == pytest.approx(e2e["e2e"]["images_per_s"] / e2e["model"]["images_per_s"])
+
+
+def test_bench_data_targets_fall_back_to_the_pillow_stand_in():
+    from simclr_xb.bench.data import _targets
+    in_process = {S: {"vs_usual_full": 3.0, "vs_crop_flip": 2.0} for S in (224, 96, 32)}
+    ratios = {S: {"vs_torchvision_full": 5.0, "vs_torchvision_crop_flip": 1.5} for S in (224, 96, 32)}
+    stand_in = _targets(in_process, ratios, real=False)
+    assert all("Pillow stand-in" in t.name for t in stand_in) and [t.value for t in stand_in] == [3.0, 2.0, 2.0, 2.0]
+    real = _targets(in_process, ratios, real=True)
+    assert all(t.name.startswith("torchvision") for t in real) and [t.value for t in real] == [5.0, 1.5, 1.5, 1.5]
+    assert [t.met for t in real] == [True, True, False, False]
+
+
+def test_torchvision_baseline_output_and_interpreter_are_checked(tmp_path, monkeypatch):
+    from simclr_xb.bench import data_loaders
+    from simclr_xb.bench.tv_baseline import RESULT_KEYS, blur_kernel
+    good = {k: 1.0 for k in RESULT_KEYS}
+    assert data_loaders.parse_result("noise\n" + json.dumps(good) + "\n\n", "tv")["pairs_per_s"] == 1.0
+    assert data_loaders.parse_result(json.dumps({**good, "marginal_cpu_ms_per_pair": -0.5}), "tv")
+    for text, msg in (("", "printed nothing"), ("oops", "not JSON"), ("[1]", "expected a JSON object"),
+                      (json.dumps({k: v for k, v in good.items() if k != "wall_s"}), "lacks \\['wall_s'\\]"),
+                      (json.dumps({**good, "cpu_ms_per_pair": 0}), "cpu_ms_per_pair is 0"),
+                      (json.dumps({**good, "pairs_per_s": "fast"}), "pairs_per_s is 'fast'")):
+        with pytest.raises(ValueError, match=msg):
+            data_loaders.parse_result(text, "the torchvision baseline")
+    monkeypatch.delenv(data_loaders.ENV_VAR, raising=False)
+    assert data_loaders.interpreter(None) is None
+    monkeypatch.setenv(data_loaders.ENV_VAR, str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="SIMCLR_XB_TORCHVISION_PYTHON .*nope.* is not an executable"):
+        data_loaders.interpreter(None)
+    with pytest.raises(ValueError, match="--torchvision-python"):
+        data_loaders.interpreter(str(tmp_path))
+    failing = tmp_path / "failing-python"
+    failing.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named torchvision' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    with pytest.raises(ValueError, match="exit code 3: ModuleNotFoundError: No module named torchvision"):
+        data_loaders.torchvision(str(failing), str(tmp_path), ["a/b.jpg"], 32, "full", 1, 2, 1)
+    assert (blur_kernel(224), blur_kernel(96)) == (23, 9)
+    from simclr_xb.cli import main
+    r = CliRunner().invoke(main, ["bench", "data", "--size", "tiny", "--out", str(tmp_path / "o"),
+                                  "--torchvision-python", str(tmp_path / "nope")])
+    assert r.exit_code != 0 and "is not an executable file" in r.output
+
+
+def test_tv_baseline_imports_no_torchvision_at_module_level():
+    import subprocess
+    import sys
+    code = ("import sys; import simclr_xb.bench.tv_baseline, simclr_xb.bench.data_loaders; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'simclr_xb.data') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_real_torchvision_baseline_at_a_tiny_size(tmp_path):
+    """One real run of tv_baseline with $SIMCLR_XB_TORCHVISION_PYTHON (skipped without it):
+    both modes on the listed files; a file not in the folder is named."""
+    import os
+    python = os.environ.get("SIMCLR_XB_TORCHVISION_PYTHON")
+    if not python:
+        pytest.skip("SIMCLR_XB_TORCHVISION_PYTHON is not set (benchmarks/README.md: the torchvision venv)")
+    from simclr_xb.bench import data_loaders
+    from simclr_xb.bench.data import make_jpeg_folder
+    from simclr_xb.data import open_dataset
+    root = make_jpeg_folder(tmp_path / "jpegs", 12)
+    ds = open_dataset(f"folder:{root}")
+    files = data_loaders.split_relative(ds, np.arange(8), str(root))
+    for mode in ("full", "crop-flip"):
+        out = data_loaders.torchvision(python, str(root), files, 96, mode, workers=1, batch=2, short=4, timeout=300)
+        assert out["side"] == f"torchvision-{mode}" and out["pairs"] == 8 and out["short_pairs"] == 4
+        assert out["size"] == 96 and out["workers"] == 1 and "torchvision" in out["versions"]
+    with pytest.raises(ValueError, match="not in .*first: c00/missing.jpg"):
+        data_loaders.torchvision(python, str(root), files[:3] + ["c00/missing.jpg"], 32, "full", 1, 2, 1)

@@ -403,7 +403,7 @@ def test_bench_data_tiny_writes_a_flagged_or_clean_report(tmp_path):
                            log=lambda m: None)
     check_report(data)
     benches = {r["bench"] for r in data["rows"]}
-    assert benches == {"index", "cpu_per_pair", "workers", "memory"}
+    assert benches == {"index", "cpu_per_pair", "workers", "memory", "loader_cpu_per_pair", "loader_ratio", "e2e"}
     assert {"flagged", "reasons", "own_threads"} <= set(data["load_avg"])
     assert load_flag([0.2, 0, 0], [2.5, 0, 0], 2)["flagged"] is False
     assert load_flag([1.5, 0, 0], [0.5, 0, 0], 2)["flagged"] is True
