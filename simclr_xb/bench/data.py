@@ -17,6 +17,22 @@ Rows:
   Both sides get the same images (read into the page cache first) and the same view
   parameters; the sides are timed round-robin ``repeats`` times (median). The usual path's
   DataLoader IPC and collation are not counted (they would add to its cost).
+* ``loader_cpu_per_pair`` at each view size: whole data loaders measured the same way on
+  both sides (:mod:`.data_loaders`): user + sys CPU of the main process and of the worker
+  processes (``RUSAGE_SELF`` + ``RUSAGE_CHILDREN`` around a pass, the workers joined at its
+  end), for a short and a long pass; ``marginal_cpu_ms_per_pair`` = the difference / the
+  pairs between them (the workers' start-up cancels), ``cpu_ms_per_pair`` = long pass / pairs.
+  - ``ours``: :class:`~simclr_xb.data.StreamLoader`, 2 spawned workers, decode + crop +
+    resize (the backend's flip/jitter/blur is ``ours_backend_ms`` above);
+  - ``torchvision-full`` / ``torchvision-crop-flip`` (only with ``--torchvision-python`` or
+    $SIMCLR_XB_TORCHVISION_PYTHON): ImageFolder + the two-view transform on 2 DataLoader
+    workers (:mod:`.tv_baseline`, run by that interpreter on the same files);
+  ``loader_ratio``: torchvision / ours marginal CPU-ms per pair of this run. The targets use
+  these ratios when the torchvision rows ran, else the Pillow stand-in of ``cpu_per_pair``
+  (the target names say which; ``settings.targets_from``);
+* ``e2e``: training images/s of ResNet-50 x0.25 at 224 px from the folder (the StreamLoader's
+  2 workers share the cores with the step) against the same step on batches in memory and on
+  views already made (:mod:`.data_e2e`);
 * ``workers``: wall-clock pairs/s of :class:`~simclr_xb.data.StreamLoader` with 1 and 2 worker
   processes (decode only; they share the cores with everything else on the machine);
 * ``memory``: bytes of index per image, and the shared-memory ring (independent of N).

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import tempfile
 import time
@@ -28,15 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from . import tv_baseline
+from .tv_baseline import _cpu_s  # the same CPU count on both sides
 
 ENV_VAR = "SIMCLR_XB_TORCHVISION_PYTHON"
 SCRIPT = Path(tv_baseline.__file__)
 TV_MODES = ("full", "crop-flip")
-
-
-def _cpu_s() -> float:
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 def _stream_pass(ds, idx: np.ndarray, size: int, workers: int, batch: int) -> tuple[float, float, int]:
