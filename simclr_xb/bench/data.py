@@ -88,7 +88,7 @@ def make_jpeg_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Pa
     return root
 
 
-def _loader_rows(ds, root: Path, size: str, tv_python: str | None, log) -> list[dict]:
+def _loader_rows(ds, root: Path, size: str, tv_python: str | None, resize: str, log) -> list[dict]:
     """The ``loader_cpu_per_pair`` rows (:mod:`.data_loaders`): ours, and torchvision's two
     modes when ``tv_python`` is given, on the same files at each view size."""
     from simclr_xb.data.stream import source_of
@@ -104,7 +104,7 @@ def _loader_rows(ds, root: Path, size: str, tv_python: str | None, log) -> list[
     files = data_loaders.split_relative(ds, idx, str(root))
     out = []
     for S in (224, 96, 32):
-        out.append(data_loaders.ours(ds, idx, S, LOADER_WORKERS, batch, short))
+        out.append(data_loaders.ours(ds, idx, S, LOADER_WORKERS, batch, short, resize))
         if tv_python:
             out += [data_loaders.torchvision(tv_python, str(root), files, S, mode, LOADER_WORKERS, batch, short)
                     for mode in data_loaders.TV_MODES]
@@ -156,6 +156,7 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
     from simclr_xb.backends.torch.augment import augment_cropped
     from simclr_xb.config import AugmentConfig
     from simclr_xb.data import StreamLoader, open_dataset
+    from simclr_xb.data.decode import resolve_resize
     from simclr_xb.data.index import build_folder_index
     from simclr_xb.data.stream import DecodeSpec, decode_batch, source_of
 
@@ -176,6 +177,7 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
     for i in idx:  # the files in the page cache before any side is timed
         with open(source_of(ds.index, int(i)), "rb") as f:
             f.read()
+    resize = resolve_resize("auto")  # the workers' resizer, as data.resize = auto picks it in training
     threads0 = torch.get_num_threads()
     torch.set_num_threads(1)
     targets, in_process = [], {}
@@ -201,10 +203,14 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
                             v = im.resize((S, S), Image.BILINEAR, box=(left, top, left + w, top + h))
                             if p.flip[j]:
                                 v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        sides = {"decode": lambda boxes=boxes, S=S, views=views: decode_batch(ds.index, idx, boxes, DecodeSpec(S),
+        sides = {"decode": lambda boxes=boxes, S=S, views=views: decode_batch(ds.index, idx, boxes,
+                                                                             DecodeSpec(size=S, resize=resize),
                                                                              views),
                  "backend": lambda flat=flat, both=both, cfg=cfg: augment_cropped(flat, both, cfg),
                  "full": lambda: usual(True), "crop": lambda: usual(False)}
+        if resize != "pillow":  # the workers' other resizer, for comparison
+            sides["decode_pillow"] = lambda boxes=boxes, S=S, views=views: decode_batch(
+                ds.index, idx, boxes, DecodeSpec(size=S, resize="pillow"), views)
         runs = {k: [] for k in sides}
         for _ in range(repeats):  # round-robin: every side sees the same background load
             for k, fn in sides.items():
@@ -212,8 +218,11 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
         decode, backend, full, crop = (float(np.median(runs[k])) for k in ("decode", "backend", "full", "crop"))
         ms = {k: 1000 * v / pairs for k, v in
               {"ours": decode + backend, "ours_decode": decode, "ours_backend": backend,
-               "usual-full": full, "usual-crop-flip": crop}.items()}
-        rows.append({"bench": "cpu_per_pair", "size": S, "pairs": pairs, **{f"{k}_ms": v for k, v in ms.items()},
+               "usual-full": full, "usual-crop-flip": crop,
+               **({"ours_decode_pillow": float(np.median(runs["decode_pillow"]))} if "decode_pillow" in runs
+                  else {})}.items()}
+        rows.append({"bench": "cpu_per_pair", "size": S, "pairs": pairs, "resize": resize,
+                     **{f"{k}_ms": v for k, v in ms.items()},
                      "vs_usual_full": ms["usual-full"] / ms["ours_decode"],
                      "vs_crop_flip": ms["usual-crop-flip"] / ms["ours_decode"],
                      "vs_usual_full_cpu_only": ms["usual-full"] / ms["ours"],
@@ -222,7 +231,7 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
             f"{ms['ours_backend']:.2f}), usual full {ms['usual-full']:.2f}, usual crop+flip "
             f"{ms['usual-crop-flip']:.2f}")
         in_process[S] = rows[-1]
-    loader_rows = _loader_rows(ds, root, size, tv_python, log)
+    loader_rows = _loader_rows(ds, root, size, tv_python, resize, log)
     rows += [{"bench": "loader_cpu_per_pair", **r} for r in loader_rows]
     ratios = {S: data_loaders.ratio_row(S, loader_rows) for S in (224, 96, 32)}
     rows += list(ratios.values())
@@ -253,7 +262,7 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
                                           "loader": {"workers": LOADER_WORKERS, "pairs": LOADER_PAIRS[size],
                                                      "short_pairs": LOADER_SHORT[size],
                                                      "batch_size": LOADER_BATCH[size]},
-                                          "torchvision_python": tv_python,
+                                          "torchvision_python": tv_python, "resize": resize,
                                           "targets_from": "torchvision" if tv_python else "pillow-stand-in",
                                           "folder": str(root),
                                           "cpus": os.cpu_count()}, rows=rows, targets=targets)

@@ -34,7 +34,8 @@ SCRIPT = Path(tv_baseline.__file__)
 TV_MODES = ("full", "crop-flip")
 
 
-def _stream_pass(ds, idx: np.ndarray, size: int, workers: int, batch: int) -> tuple[float, float, int]:
+def _stream_pass(ds, idx: np.ndarray, size: int, workers: int, batch: int,
+                 resize: str) -> tuple[float, float, int]:
     """(CPU s, wall s, pairs) of one fresh StreamLoader pass over ``idx`` (in order), closed
     at the end so that its workers' CPU is in RUSAGE_CHILDREN."""
     from simclr_xb.augment import sample_pair
@@ -45,7 +46,8 @@ def _stream_pass(ds, idx: np.ndarray, size: int, workers: int, batch: int) -> tu
     def mk(epoch, step, i, hw):
         return list(sample_pair(cfg, len(i), hw, 0, epoch, step, 0))
     c0, t0 = _cpu_s(), time.perf_counter()
-    loader = StreamLoader(ds.subset(idx), batch, mk, size, shuffle=False, drop_last=True, num_workers=workers)
+    loader = StreamLoader(ds.subset(idx), batch, mk, size, shuffle=False, drop_last=True, num_workers=workers,
+                          resize=resize)
     try:
         pairs = sum(len(b.indices) for b in loader.epoch(0))
     finally:
@@ -53,12 +55,13 @@ def _stream_pass(ds, idx: np.ndarray, size: int, workers: int, batch: int) -> tu
     return _cpu_s() - c0, time.perf_counter() - t0, pairs
 
 
-def ours(ds, idx: np.ndarray, size: int, workers: int, batch: int, short: int) -> dict:
-    """The ``ours`` loader row at view size ``size`` (same keys as tv_baseline's result)."""
-    _stream_pass(ds, idx[:short], size, workers, batch)  # warm-up
-    short_cpu, _, short_pairs = _stream_pass(ds, idx[:short], size, workers, batch)
-    cpu, wall, pairs = _stream_pass(ds, idx, size, workers, batch)
-    return {"side": "ours", "mode": "decode+crop+resize", "size": size, "workers": workers,
+def ours(ds, idx: np.ndarray, size: int, workers: int, batch: int, short: int, resize: str = "auto") -> dict:
+    """The ``ours`` loader row at view size ``size`` (same keys as tv_baseline's result);
+    ``resize``: the workers' resizer (``data.resize``)."""
+    _stream_pass(ds, idx[:short], size, workers, batch, resize)  # warm-up
+    short_cpu, _, short_pairs = _stream_pass(ds, idx[:short], size, workers, batch, resize)
+    cpu, wall, pairs = _stream_pass(ds, idx, size, workers, batch, resize)
+    return {"side": "ours", "mode": "decode+crop+resize", "resize": resize, "size": size, "workers": workers,
             "batch_size": batch, "pairs": pairs, "short_pairs": short_pairs, "cpu_s": cpu,
             "short_cpu_s": short_cpu, "wall_s": wall, "cpu_ms_per_pair": 1000 * cpu / pairs,
             "marginal_cpu_ms_per_pair": 1000 * (cpu - short_cpu) / (pairs - short_pairs),
