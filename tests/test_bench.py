@@ -188,7 +188,7 @@ def test_bench_refuses_zero_files_and_unknown_backends(tmp_path):
 
 FAKE_TV = '''#!{python}
 """A stand-in for a torchvision interpreter: answers tv_baseline's command line with JSON
-whose marginal CPU-ms is 100 + size (full) or 10 + size (crop-flip), and logs its arguments."""
+whose steady CPU-ms is 100 + size (full) or 10 + size (crop-flip), and logs its arguments."""
 import json, sys
 a = sys.argv[1:]
 opt = dict(zip(a[2::2], a[3::2]))
@@ -201,7 +201,8 @@ print("torch warnings may come first")
 print(json.dumps({{"mode": mode, "size": size, "workers": int(opt["--workers"]),
                   "batch_size": int(opt["--batch-size"]), "pairs": len(files),
                   "short_pairs": int(opt["--short-pairs"]), "cpu_s": 1.0, "short_cpu_s": 0.5, "wall_s": 1.0,
-                  "cpu_ms_per_pair": ms, "marginal_cpu_ms_per_pair": ms, "pairs_per_s": 5.0,
+                  "cpu_ms_per_pair": ms, "marginal_cpu_ms_per_pair": ms, "steady_cpu_ms_per_pair": ms,
+                  "pairs_per_s": 5.0,
                   "start_method": "fork", "versions": {{"torchvision": "fake"}}}}))
 '''
 
@@ -240,10 +241,11 @@ def test_bench_data_tiny_with_a_fake_torchvision_interpreter(tmp_path, monkeypat
     assert sorted((x["size"], x["side"]) for x in loader) == sorted(
         (s, side) for s in (224, 96, 32) for side in ("ours", "torchvision-full", "torchvision-crop-flip"))
     ours = {x["size"]: x for x in loader if x["side"] == "ours"}
-    assert all(x["pairs"] == LOADER_PAIRS["tiny"] and x["workers"] == 2 for x in ours.values())
+    assert all(x["pairs"] == LOADER_PAIRS["tiny"] and x["workers"] == 2 and x["steady_cpu_ms_per_pair"] > 0
+               for x in ours.values())
     ratios = {x["size"]: x for x in data["rows"] if x["bench"] == "loader_ratio"}
     for s, o in ours.items():
-        m = o["marginal_cpu_ms_per_pair"]
+        m = o["steady_cpu_ms_per_pair"]
         want = (100 + s) / m if m > 0 else None
         assert ratios[s]["vs_torchvision_full"] == (pytest.approx(want) if want else None)
     t = {x["name"]: x for x in data["targets"]}

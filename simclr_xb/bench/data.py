@@ -19,15 +19,16 @@ Rows:
   DataLoader IPC and collation are not counted (they would add to its cost).
 * ``loader_cpu_per_pair`` at each view size: whole data loaders measured the same way on
   both sides (:mod:`.data_loaders`): user + sys CPU of the main process and of the worker
-  processes (``RUSAGE_SELF`` + ``RUSAGE_CHILDREN`` around a pass, the workers joined at its
-  end), for a short and a long pass; ``marginal_cpu_ms_per_pair`` = the difference / the
-  pairs between them (the workers' start-up cancels), ``cpu_ms_per_pair`` = long pass / pairs.
+  processes. ``steady_cpu_ms_per_pair``: the second epoch of a loader whose workers persist
+  (``RUSAGE_SELF`` + ``/proc/<pid>/stat`` of the live workers), no start-up in it;
+  ``cpu_ms_per_pair``: one fresh loader, its workers joined (``RUSAGE_CHILDREN``), start-up
+  included; ``marginal_cpu_ms_per_pair``: the difference of a long and a short such pass.
   - ``ours``: :class:`~simclr_xb.data.StreamLoader`, 2 spawned workers, decode + crop +
     resize (the backend's flip/jitter/blur is ``ours_backend_ms`` above);
   - ``torchvision-full`` / ``torchvision-crop-flip`` (only with ``--torchvision-python`` or
     $SIMCLR_XB_TORCHVISION_PYTHON): ImageFolder + the two-view transform on 2 DataLoader
     workers (:mod:`.tv_baseline`, run by that interpreter on the same files);
-  ``loader_ratio``: torchvision / ours marginal CPU-ms per pair of this run. The targets use
+  ``loader_ratio``: torchvision / ours steady CPU-ms per pair of this run. The targets use
   these ratios when the torchvision rows ran, else the Pillow stand-in of ``cpu_per_pair``
   (the target names say which; ``settings.targets_from``);
 * ``e2e``: training images/s of ResNet-50 x0.25 at 224 px from the folder (the StreamLoader's
@@ -94,9 +95,11 @@ def _loader_rows(ds, root: Path, size: str, tv_python: str | None, resize: str, 
     from simclr_xb.data.stream import source_of
 
     from . import data_loaders
-    pairs, short, batch = LOADER_PAIRS[size], LOADER_SHORT[size], LOADER_BATCH[size]
-    if len(ds) < pairs:
-        raise ValueError(f"bench data: the loader rows need >= {pairs} files, the folder has {len(ds)}")
+    batch = LOADER_BATCH[size]
+    pairs = min(LOADER_PAIRS[size], len(ds) // batch * batch)  # fewer on a small --files
+    short = min(LOADER_SHORT[size], pairs // 4 // batch * batch) or batch
+    if pairs < 2 * batch:
+        raise ValueError(f"bench data: the loader rows need >= {2 * batch} files, the folder has {len(ds)}")
     idx = np.sort(np.random.default_rng(2).choice(len(ds), pairs, replace=False))
     for i in idx:  # in the page cache before any loader runs
         with open(source_of(ds.index, int(i)), "rb") as f:
@@ -109,8 +112,9 @@ def _loader_rows(ds, root: Path, size: str, tv_python: str | None, resize: str, 
             out += [data_loaders.torchvision(tv_python, str(root), files, S, mode, LOADER_WORKERS, batch, short)
                     for mode in data_loaders.TV_MODES]
         for r in out[-3 if tv_python else -1:]:
-            log(f"data loader {S} px {r['side']:22s}: {r['marginal_cpu_ms_per_pair']:.2f} CPU-ms/pair marginal "
-                f"({r['cpu_ms_per_pair']:.2f} with worker start-up), {r['pairs_per_s']:.0f} pairs/s, "
+            log(f"data loader {S} px {r['side']:22s}: {r['steady_cpu_ms_per_pair']:.2f} CPU-ms/pair steady "
+                f"({r['marginal_cpu_ms_per_pair']:.2f} marginal, {r['cpu_ms_per_pair']:.2f} with worker start-up), "
+                f"{r['pairs_per_s']:.0f} pairs/s, "
                 f"{LOADER_WORKERS} workers")
     return out
 
@@ -121,8 +125,8 @@ def _targets(in_process: dict, ratios: dict, real: bool) -> list[Target]:
     note = ("ours: the workers' decode + crop + resize; the flip/jitter/grayscale/blur run batched "
             "on the training device (ours_backend_ms of the cpu_per_pair rows")
     if real:
-        note += "). Real torchvision: ImageFolder + DataLoader, 2 workers each side, marginal CPU-ms per " \
-                "pair (main + workers, start-up cancelled), loader_ratio rows"
+        note += "). Real torchvision: ImageFolder + DataLoader, 2 workers each side, steady CPU-ms per " \
+                "pair (main + workers, the second epoch of persistent workers), loader_ratio rows"
         value = {S: (r.get("vs_torchvision_full"), r.get("vs_torchvision_crop_flip")) for S, r in ratios.items()}
         full, crop = "torchvision full", "torchvision crop+flip"
     else:
@@ -173,6 +177,7 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
     rows = [{"bench": "index", "files": len(ix), "seconds": build_s, "files_per_s": len(ix) / build_s}]
     log(f"data index: {len(ix)} files in {build_s:.2f} s = {len(ix) / build_s:.0f} files/s")
     ds = open_dataset(f"folder:{root}")
+    pairs = min(pairs, len(ds))  # a small --files
     idx = np.random.default_rng(1).choice(len(ds), pairs, replace=False)
     for i in idx:  # the files in the page cache before any side is timed
         with open(source_of(ds.index, int(i)), "rb") as f:
@@ -259,8 +264,8 @@ def run(size: str = "full", log=print, work_dir: str | None = None, n_files: int
                  "pairs at 224 px, whatever the dataset size and the number of workers"})
     return Report(suite="data", settings={"files": n, "pairs": pairs, "repeats": repeats, "threads": 1,
                                           "own_threads": 3,
-                                          "loader": {"workers": LOADER_WORKERS, "pairs": LOADER_PAIRS[size],
-                                                     "short_pairs": LOADER_SHORT[size],
+                                          "loader": {"workers": LOADER_WORKERS, "pairs_at_most": LOADER_PAIRS[size],
+                                                     "short_pairs_at_most": LOADER_SHORT[size],
                                                      "batch_size": LOADER_BATCH[size]},
                                           "torchvision_python": tv_python, "resize": resize,
                                           "targets_from": "torchvision" if tv_python else "pillow-stand-in",

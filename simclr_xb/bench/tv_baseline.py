@@ -20,7 +20,12 @@ order. Modes (the view size S):
   S >= 96, as the project's recipe) -> ToTensor, twice per decoded image;
 * ``crop-flip``: RandomResizedCrop -> RandomHorizontalFlip -> ToTensor, twice.
 
-Each pass is a fresh ``DataLoader(Subset(ImageFolder), batch_size=B, num_workers=W,
+First ``steady_cpu_ms_per_pair``: a ``DataLoader(..., persistent_workers=True)`` over the N
+pairs runs two epochs; the CPU of the second one (user + sys of this process, ``RUSAGE_SELF``,
+and of the live workers, ``/proc/<pid>/stat``, deltas), / N: no start-up in it (the first
+epoch is also the warm-up: page cache, lazy imports).
+
+Then passes of a fresh ``DataLoader(Subset(ImageFolder), batch_size=B, num_workers=W,
 shuffle=False, persistent_workers=False)`` iterated to its end, so its workers are joined when
 it ends. CPU of a pass = user + sys of this process (``RUSAGE_SELF``) plus that of the joined
 workers (``RUSAGE_CHILDREN``), deltas around the pass. Two passes are run: a long one over all
@@ -42,7 +47,8 @@ import sys
 import time
 
 RESULT_KEYS = ("mode", "size", "workers", "batch_size", "pairs", "short_pairs", "cpu_s", "short_cpu_s",
-               "wall_s", "cpu_ms_per_pair", "marginal_cpu_ms_per_pair", "pairs_per_s", "start_method",
+               "wall_s", "cpu_ms_per_pair", "marginal_cpu_ms_per_pair", "steady_cpu_ms_per_pair", "pairs_per_s",
+               "start_method",
                "versions")
 
 
@@ -77,6 +83,42 @@ class TwoViews:
 def _cpu_s() -> float:
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def proc_cpu_s(pid: int) -> float:
+    """user + sys CPU seconds of a live process (Linux /proc/<pid>/stat; clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steady_cpu_s(pids, run) -> float:
+    """CPU seconds that this process and the live processes ``pids`` spend during ``run()``:
+    RUSAGE_SELF and /proc/<pid>/stat deltas (the workers stay alive, so no start-up is in it)."""
+    def now():
+        s = resource.getrusage(resource.RUSAGE_SELF)
+        return s.ru_utime + s.ru_stime + sum(proc_cpu_s(p) for p in pids)
+    c0 = now()
+    run()
+    return now() - c0
+
+
+def _steady(dataset, indices, batch_size: int, workers: int) -> tuple[float, int]:
+    """(CPU s, pairs) of the second epoch of a persistent-worker DataLoader over ``indices``:
+    epoch 1 starts the workers and warms the page cache, epoch 2 is counted."""
+    from torch.utils.data import DataLoader, Subset
+    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=workers,
+                        shuffle=False, persistent_workers=workers > 0)
+    count = {"pairs": 0}
+
+    def epoch():
+        for (v1, _v2), _labels in loader:
+            count["pairs"] += len(v1)
+    epoch()
+    pids = [w.pid for w in getattr(loader._iterator, "_workers", [])] if workers else []
+    count["pairs"] = 0
+    cpu = steady_cpu_s(pids, epoch)
+    return cpu, count["pairs"]  # the loader goes with this frame: its workers are shut down
 
 
 def _pass(dataset, indices, batch_size: int, workers: int) -> tuple[float, float, int]:
@@ -130,13 +172,14 @@ def measure(root: str, size: int, mode: str, workers: int, batch_size: int, file
     short = min(short, len(idx) - 1)
     if short < 1:
         raise SystemExit(f"tv_baseline: {len(idx)} pairs are too few (a short and a long pass need >= 2)")
-    _pass(dataset, idx[:short], batch_size, workers)  # warm-up: page cache, lazy imports
+    steady_cpu, steady_pairs = _steady(dataset, idx, batch_size, workers)  # also the warm-up
     short_cpu, _, _ = _pass(dataset, idx[:short], batch_size, workers)
     cpu, wall, pairs = _pass(dataset, idx, batch_size, workers)
     return {"mode": mode, "size": size, "workers": workers, "batch_size": batch_size, "pairs": pairs,
             "short_pairs": short, "cpu_s": cpu, "short_cpu_s": short_cpu, "wall_s": wall,
             "cpu_ms_per_pair": 1000 * cpu / pairs,
             "marginal_cpu_ms_per_pair": 1000 * (cpu - short_cpu) / (pairs - short),
+            "steady_cpu_ms_per_pair": 1000 * steady_cpu / steady_pairs,
             "pairs_per_s": pairs / wall, "start_method": multiprocessing.get_start_method(),
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                          "pillow": PIL.__version__, "python": platform.python_version()}}
