@@ -69,8 +69,9 @@ def _stream_pass(ds, idx: np.ndarray, size: int, workers: int, batch: int,
     return _cpu_s() - c0, time.perf_counter() - t0, pairs
 
 
-def _stream_steady(ds, idx: np.ndarray, size: int, workers: int, batch: int, resize: str) -> tuple[float, int]:
-    """(CPU s, pairs) of the second epoch of one StreamLoader (its workers persist across
+def _stream_steady(ds, idx: np.ndarray, size: int, workers: int, batch: int,
+                   resize: str) -> tuple[float, float, int]:
+    """(CPU s, wall s, pairs) of the second epoch of one StreamLoader (its workers persist across
     epochs): the first starts them and warms up, the second is counted (main + live workers)."""
     loader = stream_loader(ds, idx, size, workers, batch, resize)
     try:
@@ -80,24 +81,24 @@ def _stream_steady(ds, idx: np.ndarray, size: int, workers: int, batch: int, res
 
         def epoch():
             count["pairs"] = sum(len(b.indices) for b in loader.epoch(1))
-        cpu = steady_cpu_s(pids, epoch)
+        cpu, wall = steady_cpu_s(pids, epoch)
     finally:
         loader.close()
-    return cpu, count["pairs"]
+    return cpu, wall, count["pairs"]
 
 
 def ours(ds, idx: np.ndarray, size: int, workers: int, batch: int, short: int, resize: str = "auto") -> dict:
     """The ``ours`` loader row at view size ``size`` (same keys as tv_baseline's result);
     ``resize``: the workers' resizer (``data.resize``)."""
-    steady_cpu, steady_pairs = _stream_steady(ds, idx, size, workers, batch, resize)  # also the warm-up
+    steady_cpu, steady_wall, steady_pairs = _stream_steady(ds, idx, size, workers, batch, resize)  # also the warm-up
     short_cpu, _, short_pairs = _stream_pass(ds, idx[:short], size, workers, batch, resize)
     cpu, wall, pairs = _stream_pass(ds, idx, size, workers, batch, resize)
     return {"side": "ours", "mode": "decode+crop+resize", "resize": resize, "size": size, "workers": workers,
             "batch_size": batch, "pairs": pairs, "short_pairs": short_pairs, "cpu_s": cpu,
             "short_cpu_s": short_cpu, "wall_s": wall, "cpu_ms_per_pair": 1000 * cpu / pairs,
             "marginal_cpu_ms_per_pair": 1000 * (cpu - short_cpu) / (pairs - short_pairs),
-            "steady_cpu_ms_per_pair": 1000 * steady_cpu / steady_pairs, "pairs_per_s": pairs / wall,
-            "start_method": "spawn"}
+            "steady_cpu_ms_per_pair": 1000 * steady_cpu / steady_pairs, "pairs_per_s": steady_pairs / steady_wall,
+            "pass_pairs_per_s": pairs / wall, "start_method": "spawn"}
 
 
 def interpreter(option: str | None) -> str | None:

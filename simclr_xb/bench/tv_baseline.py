@@ -34,7 +34,8 @@ N pairs and a short one over the first M pairs; the printed JSON has both totals
 * ``cpu_ms_per_pair``: the long pass's CPU / N (worker start-up included);
 * ``marginal_cpu_ms_per_pair``: (CPU(long) - CPU(short)) / (N - M): the start-up costs of the
   workers (fork, seeding, imports) cancel; what a long training run spends per pair;
-* ``pairs_per_s``: N / the long pass's wall time.
+* ``pairs_per_s``: N / the wall time of the steady (second) epoch; ``pass_pairs_per_s``: of the
+  long fresh pass, worker start-up included.
 """
 from __future__ import annotations
 
@@ -92,19 +93,19 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def steady_cpu_s(pids, run) -> float:
-    """CPU seconds that this process and the live processes ``pids`` spend during ``run()``:
+def steady_cpu_s(pids, run) -> tuple[float, float]:
+    """(CPU s, wall s) that this process and the live processes ``pids`` spend during ``run()``:
     RUSAGE_SELF and /proc/<pid>/stat deltas (the workers stay alive, so no start-up is in it)."""
     def now():
         s = resource.getrusage(resource.RUSAGE_SELF)
         return s.ru_utime + s.ru_stime + sum(proc_cpu_s(p) for p in pids)
-    c0 = now()
+    c0, t0 = now(), time.perf_counter()
     run()
-    return now() - c0
+    return now() - c0, time.perf_counter() - t0
 
 
-def _steady(dataset, indices, batch_size: int, workers: int) -> tuple[float, int]:
-    """(CPU s, pairs) of the second epoch of a persistent-worker DataLoader over ``indices``:
+def _steady(dataset, indices, batch_size: int, workers: int) -> tuple[float, float, int]:
+    """(CPU s, wall s, pairs) of the second epoch of a persistent-worker DataLoader over ``indices``:
     epoch 1 starts the workers and warms the page cache, epoch 2 is counted."""
     from torch.utils.data import DataLoader, Subset
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=workers,
@@ -117,8 +118,8 @@ def _steady(dataset, indices, batch_size: int, workers: int) -> tuple[float, int
     epoch()
     pids = [w.pid for w in getattr(loader._iterator, "_workers", [])] if workers else []
     count["pairs"] = 0
-    cpu = steady_cpu_s(pids, epoch)
-    return cpu, count["pairs"]  # the loader goes with this frame: its workers are shut down
+    cpu, wall = steady_cpu_s(pids, epoch)
+    return cpu, wall, count["pairs"]  # the loader goes with this frame: its workers are shut down
 
 
 def _pass(dataset, indices, batch_size: int, workers: int) -> tuple[float, float, int]:
@@ -172,7 +173,7 @@ def measure(root: str, size: int, mode: str, workers: int, batch_size: int, file
     short = min(short, len(idx) - 1)
     if short < 1:
         raise SystemExit(f"tv_baseline: {len(idx)} pairs are too few (a short and a long pass need >= 2)")
-    steady_cpu, steady_pairs = _steady(dataset, idx, batch_size, workers)  # also the warm-up
+    steady_cpu, steady_wall, steady_pairs = _steady(dataset, idx, batch_size, workers)  # also the warm-up
     short_cpu, _, _ = _pass(dataset, idx[:short], batch_size, workers)
     cpu, wall, pairs = _pass(dataset, idx, batch_size, workers)
     return {"mode": mode, "size": size, "workers": workers, "batch_size": batch_size, "pairs": pairs,
@@ -180,7 +181,8 @@ def measure(root: str, size: int, mode: str, workers: int, batch_size: int, file
             "cpu_ms_per_pair": 1000 * cpu / pairs,
             "marginal_cpu_ms_per_pair": 1000 * (cpu - short_cpu) / (pairs - short),
             "steady_cpu_ms_per_pair": 1000 * steady_cpu / steady_pairs,
-            "pairs_per_s": pairs / wall, "start_method": multiprocessing.get_start_method(),
+            "pairs_per_s": steady_pairs / steady_wall, "pass_pairs_per_s": pairs / wall,
+            "start_method": multiprocessing.get_start_method(),
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                          "pillow": PIL.__version__, "python": platform.python_version()}}
 
