@@ -117,6 +117,8 @@ def _steady(dataset, indices, batch_size: int, workers: int) -> tuple[float, flo
             count["pairs"] += len(v1)
     epoch()
     pids = [w.pid for w in getattr(loader._iterator, "_workers", [])] if workers else []
+    if len(pids) != workers:  # a torch whose iterator keeps its workers elsewhere: say so, never undercount
+        raise SystemExit(f"tv_baseline: found {len(pids)} DataLoader worker pids, expected {workers}")
     count["pairs"] = 0
     cpu, wall = steady_cpu_s(pids, epoch)
     return cpu, wall, count["pairs"]  # the loader goes with this frame: its workers are shut down
