@@ -249,6 +249,8 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
         if resume is None and (Path(out_dir) / "last.h5").exists():
             raise UserError(f"{out_dir} already holds a run (last.h5): pass --resume {out_dir} to "
                             f"continue it, or choose another --out")
+        from simclr_xb.outputs import check_output_dir, dataset_folders
+        check_output_dir(out_dir, data_dirs=dataset_folders(cfg.data.name, root=cfg.data.root))
         res = run_train(cfg, out_dir, backend=backend, resume=resume, device=device,
                         show_progress=not quiet, dist=dist, log=lambda m: click.echo(m, err=True),
                         requested_fields=requested_fields(overrides, flags))
@@ -356,14 +358,17 @@ def _inputs(*items) -> tuple:
     return tuple(out)
 
 
-def _outputs_first(files: dict, inputs=(), device=None) -> None:
+def _outputs_first(files: dict, inputs=(), device=None, data=(), root=None) -> None:
     """Before any long work: every output file ({option: path}) is absent or a regular file,
-    not one of ``inputs``, in a writable folder; ``device`` = (backend, --device) exists."""
+    not one of ``inputs``, not inside the folder of a dataset spec in ``data`` (read under
+    ``root``), in a writable folder; ``device`` = (backend, --device) exists."""
     from simclr_xb.inputs import check_device
-    from simclr_xb.outputs import check_output_file
+    from simclr_xb.outputs import check_output_file, dataset_folders
+    dirs = dataset_folders(*data, root=root)
     for option, path in files.items():
         if path is not None:  # a --json result goes into an existing folder
-            check_output_file(path, option, inputs=inputs, parent_must_exist=option == "--json")
+            check_output_file(path, option, inputs=inputs, parent_must_exist=option == "--json",
+                              data_dirs=dirs)
     if device is not None:
         check_device(*device)
 
@@ -403,7 +408,9 @@ def eval_(checkpoint, data, data_root, backend, device, random_init, raw_pixels,
         _counts(**{"--knn-k": knn_k, "--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True)) \
             if checkpoint else None
-        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data), device=(backend, device))
+        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data), device=(backend, device),
+                       data=(data or (ck.config.data.name if ck else None),),
+                       root=data_root or (ck.config.data.root if ck else None))
         if ck is not None and not random_init:
             ck.check_fits_config()
         cfg = ck.config if ck else preset(preset_name or "tiny")
@@ -614,11 +621,13 @@ def data_pack(src, out, root, fmt, shard_size, force):
             parts = {s: open_dataset(src, s, root=root) for s in available_splits(src, root)}
             if not all(getattr(d, "is_stream", False) for d in parts.values()):
                 raise ValueError(f"--format wds packs image folders (folder:PATH), not {src}")
+            from simclr_xb.outputs import check_output_dir, dataset_folders
+            check_output_dir(out, "OUT", data_dirs=dataset_folders(src, root=root))
             written = write_shards({s: d.index for s, d in parts.items()}, out, shard_size, overwrite=force)
             for s, files in written.items():
                 click.echo(f"wrote {len(files)} {s} shard(s) of {len(parts[s])} images to {out}")
             return
-        _outputs_first({"OUT": out}, _inputs(src, None if root is None else root))
+        _outputs_first({"OUT": out}, _inputs(src, None if root is None else root), data=(src,), root=root)
         result = pack(src, out, root=root)
     except _known_errors() as e:
         _fail(e)
@@ -661,10 +670,12 @@ def finetune(checkpoint, data, data_root, label_fraction, epochs, backend, devic
     try:
         _counts(**{"--epochs": epochs, "--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
-        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data, subset_file), device=(backend, device))
+        spec = (data or ck.config.data.name,)
+        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data, subset_file), device=(backend, device),
+                       data=spec, root=data_root or ck.config.data.root)
         if out_dir is not None:
-            from simclr_xb.outputs import check_output_dir
-            check_output_dir(out_dir)
+            from simclr_xb.outputs import check_output_dir, dataset_folders
+            check_output_dir(out_dir, data_dirs=dataset_folders(*spec, root=data_root or ck.config.data.root))
         ft = FinetuneConfig(label_fraction=label_fraction, epochs=epochs, batch_size=batch_size,
                             base_lr=lr, optimizer=optimizer, seed=seed, precision=precision).validate()
         subset = load_subset(subset_file) if subset_file else None
@@ -708,7 +719,8 @@ def features(checkpoint, data, data_root, out_file, split, with_z, backend, devi
         _counts(**{"--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
         _outputs_first({"--out": out_file}, _inputs(checkpoint, ck, data or ck.config.data.name),
-                       device=(backend, device))
+                       device=(backend, device), data=(data or ck.config.data.name,),
+                       root=data_root or ck.config.data.root)
         res = extract_features(ck, out_file, data_spec=data, split=split, with_z=with_z, backend=backend,
                                device=device, batch_size=batch_size, root=data_root,
                                log=lambda m: click.echo(m, err=True))

@@ -136,6 +136,7 @@ def W(tmp_path_factory):
         p = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).quantize(8)
         p.save(imgs / "b" / f"p{i}.png", transparency=0)  # palette with transparency
     w["imgs"] = imgs
+    (t / "imgs-link").symlink_to(imgs, target_is_directory=True)
     fimgs = t / "fimgs"
     (fimgs / "a").mkdir(parents=True)
     for i in range(8):
@@ -239,6 +240,29 @@ def _cases():
                                              W["T"] / "regular" / "q.png", "--out", o(W, "bq")], ["regular"]),
         ("pack-over-source", lambda W: ["data", "pack", f"hdf5:{W['data']}", W["data"]], ["data.h5"]),
     ]
+    # --- outputs inside a dataset folder (the next scan would see them) ------------------------
+    fd = lambda W: f"folder:{W['imgs']}"  # noqa: E731
+    inside = lambda W, *n: W["imgs"].joinpath(*n)  # noqa: E731
+    cases += [
+        ("train-out-inside-data", lambda W: ["train", *TINY, "--data", fd(W), "--out", inside(W, "run1")],
+         ["--out", "inside the dataset folder", "imgs/run1"]),
+        ("train-out-inside-data-itself", lambda W: ["train", *TINY, "--data", fd(W), "--out", inside(W)],
+         ["inside the dataset folder"]),
+        ("train-out-inside-data-link", lambda W: ["train", *TINY, "--data", fd(W), "--out",
+                                                  W["T"] / "imgs-link" / "a" / "run"], ["imgs-link/a/run", "imgs"]),
+        ("features-out-inside-data", lambda W: ["features", "--checkpoint", W["T"] / "a", "--data", fd(W),
+                                                "--out", inside(W, "feats.h5")], ["--out", "inside the dataset"]),
+        ("eval-json-inside-data", lambda W: ["eval", "--checkpoint", W["T"] / "a", "--data", fd(W), "--json",
+                                             inside(W, "a", "r.json")], ["--json", "inside the dataset folder"]),
+        ("finetune-out-inside-data", lambda W: ["finetune", "--checkpoint", W["T"] / "a", "--data", fd(W),
+                                                "--epochs", "1", "--out", inside(W, "ft")], ["--out", "inside"]),
+        ("pack-hdf5-inside-data", lambda W: ["data", "pack", fd(W), inside(W, "packed.h5")],
+         ["OUT", "inside the dataset folder"]),
+        ("pack-wds-inside-data", lambda W: ["data", "pack", fd(W), "--format", "wds", inside(W, "shards")],
+         ["OUT", "inside the dataset folder"]),
+        ("views-out-inside-data", lambda W: ["views", "--data", fd(W), "--out", inside(W, "b", "v.png")],
+         ["--out", "inside the dataset folder"]),
+    ]
     # --- checkpoints ---------------------------------------------------------------------------
     cases += [
         ("eval-typo-checkpoint", lambda W: ["eval", "--checkpoint", W["T"] / "a" / "typo.h5"], ["typo.h5"]),
@@ -300,6 +324,31 @@ def test_bad_input_gives_a_named_one_line_error(W, case):
     assert_clean_failure(r, *names)
     after = {p: p.stat().st_mtime_ns for p in before if p.exists()}
     assert after == before, "an input of the corpus was modified or removed"
+
+
+def test_outputs_inside_a_dataset_folder_leave_it_unchanged(W):
+    """Every command that writes, pointed inside the folder it reads: refused before anything is
+    written, so the folder's tree (names and files) is what it was. On the code before the fix
+    train, features, eval --json and data pack wrote into it (new files the next scan sees)."""
+    def tree():
+        return sorted((str(p.relative_to(W["imgs"])), p.is_file() and p.stat().st_mtime_ns)
+                      for p in W["imgs"].rglob("*"))
+    before = tree()
+    for case in CASES:
+        if "inside-data" in case[0]:
+            r = cli(*case[1](W))
+            assert r.exit_code != 0 and "inside the dataset folder" in r.output, (case[0], r.output)
+            assert len([ln for ln in r.output.splitlines() if ln.startswith("Error")]) == 1, r.output
+    assert tree() == before
+
+
+def test_outputs_beside_a_dataset_folder_are_fine(W, tmp_path):
+    """The check is about the dataset folder, not about its neighbours or the run folder read."""
+    from simclr_xb.outputs import check_output_dir, check_output_file, dataset_folders
+    dirs = dataset_folders(f"folder:{W['imgs']}", "shapes", f"hdf5:{W['data']}")
+    assert dirs == (str(W["imgs"]),)
+    check_output_dir(W["T"] / "imgs-run", data_dirs=dirs)  # a sibling whose name starts alike
+    check_output_file(W["T"] / "a" / "feats.h5", inputs=(W["T"] / "a",), data_dirs=dirs)  # in the run folder
 
 
 # --------------------------------------------------------------------------- correct results
