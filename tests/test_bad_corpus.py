@@ -31,6 +31,18 @@ TINY = ["--backend", "torch", "--quiet", "--set", "model.width=0.125", "--set", 
         "--set", "data.num_workers=0", "--batch-size", "8", "--max-steps", "1"]
 
 
+def png_header(w: int, h: int) -> bytes:
+    """A PNG file of a few dozen bytes whose header declares w x h RGB pixels (a decompression
+    bomb's shape: the pixel data is a stub, never meant to be decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -143,6 +155,25 @@ def W(tmp_path_factory):
         Image.fromarray(np.full((8, 8), 7.5, np.float32), "F").save(fimgs / "a" / "f.tiff")
         (fimgs / "a" / "f.tiff").rename(fimgs / "a" / f"f{i}.png")
     w["fimgs"] = fimgs
+    # decompression bombs by their headers: 10^8 pixels (Pillow only warns: over 1x, under 2x of
+    # Image.MAX_IMAGE_PIXELS) and 9 * 10^8 (Pillow refuses at open: over 2x)
+    for name, side in (("bomb1x", 10000), ("bomb2x", 30000)):
+        d = t / name
+        (d / "a").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "a" / f"ok{i}.png")
+        (d / "a" / "huge.png").write_bytes(png_header(side, side))
+        w[name] = d
+    import tarfile
+    wds = t / "wdsbomb"
+    wds.mkdir()
+    with tarfile.open(wds / "train-000000.tar", "w") as tf:
+        for key, data in (("000000", (d / "a" / "ok0.png").read_bytes()), ("000001", png_header(10000, 10000))):
+            for ext, b in (("png", data), ("cls", b"0")):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(b)
+                tf.addfile(info, __import__("io").BytesIO(b))
+    w["wdsbomb"] = wds
     # config files
     cfgs = t / "cfg"
     cfgs.mkdir()
@@ -303,6 +334,15 @@ def _cases():
                                         "--data-root", W["cifar"]], ["data_batch_2"]),
         ("folder-float-image", lambda W: ["train", *TINY, "--out", o(W, "ff"), "--data", f"folder:{W['fimgs']}"],
          ["fimgs/a/f", ".png", "mode F"]),
+        ("folder-bomb-1x", lambda W: ["train", *TINY, "--out", o(W, "b1"), "--data", f"folder:{W['bomb1x']}"],
+         ["bomb1x/a/huge.png", "10000x10000", "100000000", "MAX_IMAGE_PIXELS", "--skip-bad-images"]),
+        ("folder-bomb-2x", lambda W: ["data", "show", f"folder:{W['bomb2x']}"],
+         ["bomb2x/a/huge.png", "900000000 pixels", "MAX_IMAGE_PIXELS"]),
+        ("folder-bomb-in-memory", lambda W: ["data", "pack", f"folder:{W['bomb1x']}", o(W, "bomb.h5")],
+         ["bomb1x/a/huge.png", "10000x10000"]),
+        ("folder-bomb-2x-in-memory", lambda W: ["data", "pack", f"folder:{W['bomb2x']}", o(W, "bomb2.h5")],
+         ["bomb2x/a/huge.png", "900000000 pixels"]),
+        ("wds-bomb", lambda W: ["data", "show", f"wds:{W['wdsbomb']}"], ["000001.png", "10000x10000"]),
         ("data-show-both-splits-fail", lambda W: ["data", "show", f"folder:{W['T'] / 'nowhere'}"], ["nowhere"]),
     ]
     return cases
@@ -349,6 +389,66 @@ def test_outputs_beside_a_dataset_folder_are_fine(W, tmp_path):
     assert dirs == (str(W["imgs"]),)
     check_output_dir(W["T"] / "imgs-run", data_dirs=dirs)  # a sibling whose name starts alike
     check_output_file(W["T"] / "a" / "feats.h5", inputs=(W["T"] / "a",), data_dirs=dirs)  # in the run folder
+
+
+def test_pixel_limit_is_checked_before_any_pixel_is_decoded(W, tmp_path, monkeypatch):
+    """Pillow's MAX_IMAGE_PIXELS (1x) and the memory budget bound the image size; an image over
+    it is refused from its header (no ImageFile.load), by the index (also from its cache) and by
+    the in-memory reader; with skip_bad_images it is left out with one warning naming it."""
+    import warnings
+
+    from PIL import ImageFile
+
+    from simclr_xb.data import DataError, load_folder
+    from simclr_xb.data.index import build_folder_index
+    monkeypatch.setenv("SIMCLR_XB_INDEX_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "imgs"
+    (d / "a").mkdir(parents=True)
+    for i, side in enumerate((16, 16, 40)):  # 256, 256, 1600 pixels
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(d / "a" / f"{i}-{side}.png")
+    assert len(build_folder_index(d)) == 3  # Pillow's default limit: all fit, and are cached
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loads.append(im) or real_load(im))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 is over 1x, under 2x
+    with pytest.raises(DataError, match=r"2-40\.png is 40x40 pixels \(1600 in all\).*limit of 1000 pixels"):
+        build_folder_index(d)  # from the cache: the sizes are checked there too
+    with pytest.raises(DataError, match=r"2-40\.png is 40x40 pixels"):
+        build_folder_index(d, use_cache=False)
+    with pytest.raises(DataError, match=r"2-40\.png is 40x40 pixels"):
+        load_folder(d)  # the in-memory reader: the two small ones decoded, not the large one
+    assert loads and all(im.size == (16, 16) for im in loads)  # the 40x40 one: never loaded
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        ix = build_folder_index(d, skip_bad_images=True)
+        ds = load_folder(d, skip_bad_images=True)
+    msgs = [str(w.message) for w in got]
+    assert len(ix) == 2 and ds.images.shape[0] == 2 and ds.skipped == 1 and len(ix.skipped) == 1
+    assert len(msgs) == 2 and all("skipped 1 image(s) over the limit of 1000 pixels" in m and "2-40.png (40x40)"
+                                  in m for m in msgs), msgs  # one each, and no DecompressionBombWarning
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the memory budget: 4 bytes a pixel
+    monkeypatch.setenv("SIMCLR_XB_MAX_BYTES", "4000")
+    with pytest.raises(DataError, match=r"limit of 1000 pixels \(the memory budget .*SIMCLR_XB_MAX_BYTES"):
+        build_folder_index(d)
+    monkeypatch.setenv("SIMCLR_XB_MAX_BYTES", str(4 * 1600))
+    assert len(build_folder_index(d)) == 3  # exactly at the limit is allowed
+
+
+def test_pillow_refusal_at_2x_is_a_named_error_or_a_skip(W, tmp_path, monkeypatch):
+    """Pillow raises DecompressionBombError at open beyond 2x: the index turns it into the same
+    named refusal (it used to escape as an internal error), or a skip."""
+    import warnings
+
+    from simclr_xb.data.index import build_folder_index
+    from simclr_xb.data.shards import build_shard_index
+    monkeypatch.setenv("SIMCLR_XB_INDEX_CACHE", str(tmp_path / "cache"))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        ix = build_folder_index(W["bomb2x"], skip_bad_images=True)
+        sx = build_shard_index(W["wdsbomb"], skip_bad_images=True)
+    assert len(ix) == 3 and len(sx) == 1, (len(ix), len(sx))
+    msgs = [str(w.message) for w in got]
+    assert len(msgs) == 2 and "huge.png (900000000 pixels)" in msgs[0] and "000001.png (10000x10000)" in msgs[1], msgs
 
 
 # --------------------------------------------------------------------------- correct results
