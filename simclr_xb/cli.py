@@ -22,7 +22,44 @@ BACKEND_CHOICE = click.Choice(["torch", "mlx"])
 
 
 class UserError(click.ClickException):
-    """An error the user can fix; printed without a traceback."""
+    """An error the user can fix; printed as ONE line without a traceback (a message of several
+    lines is joined with '; ', an embedded traceback reduced to its exception line; the full
+    text follows on stderr under --debug / SIMCLR_XB_DEBUG=1)."""
+
+    def __init__(self, message):
+        message = str(message)
+        self.detail = message if "\n" in message.strip() else None
+        self.debug = bool(self.detail) and _debug_on(click.get_current_context(silent=True))
+        super().__init__(_single_line(message) if self.detail else message)
+
+    def show(self, file=None):
+        super().show(file)
+        if self.debug:
+            click.echo(f"details:\n{self.detail}", err=True)
+
+
+def _single_line(text: str) -> str:
+    """``text``'s lines as one: joined with '; ' (after a ':' with a space), each traceback
+    (``Traceback (most recent call last):`` and its indented lines) left out but its final
+    exception line kept."""
+    out, skipping, tb = [], False, False
+    for line in str(text).splitlines():
+        if not line.strip():
+            continue
+        if "Traceback (most recent call last)" in line:
+            head = line.split("Traceback (most recent call last)")[0].strip()
+            if head:
+                out.append(head)
+            skipping = tb = True
+            continue
+        if skipping and line[:1] in (" ", "\t"):
+            continue
+        skipping = False
+        out.append(line.strip())
+    text = ""
+    for part in out:
+        text += part if not text else (" " if text.endswith(":") else "; ") + part
+    return text + (" (its traceback: rerun with --debug)" if tb else "")
 
 
 def _fail(e: Exception) -> None:

@@ -55,6 +55,8 @@ def assert_clean_failure(r, *names: str) -> str:
     assert "Error" in out, out
     for n in names:
         assert str(n) in out, f"{n!r} not in:\n{out}"
+    error = out[out.index("Error"):].rstrip("\n")
+    assert "\n" not in error, f"the error spans several lines:\n{error}"
     return out
 
 
@@ -343,6 +345,11 @@ def _cases():
         ("folder-bomb-2x-in-memory", lambda W: ["data", "pack", f"folder:{W['bomb2x']}", o(W, "bomb2.h5")],
          ["bomb2x/a/huge.png", "900000000 pixels"]),
         ("wds-bomb", lambda W: ["data", "show", f"wds:{W['wdsbomb']}"], ["000001.png", "10000x10000"]),
+        ("cifar10-not-found", lambda W: ["eval", "--checkpoint", W["T"] / "a", "--data", "cifar10", "--data-root",
+                                         W["T"] / "cfg"], ["cifar10", "cfg", "; "]),
+        ("cifar100-not-found", lambda W: ["data", "show", "cifar100", "--root", W["T"] / "sub"], ["cifar100", "sub"]),
+        ("mnist-not-found", lambda W: ["data", "pack", "mnist", o(W, "mn.h5"), "--root", W["T"] / "sub"],
+         ["mnist", "sub"]),
         ("data-show-both-splits-fail", lambda W: ["data", "show", f"folder:{W['T'] / 'nowhere'}"], ["nowhere"]),
     ]
     return cases
@@ -389,6 +396,48 @@ def test_outputs_beside_a_dataset_folder_are_fine(W, tmp_path):
     assert dirs == (str(W["imgs"]),)
     check_output_dir(W["T"] / "imgs-run", data_dirs=dirs)  # a sibling whose name starts alike
     check_output_file(W["T"] / "a" / "feats.h5", inputs=(W["T"] / "a",), data_dirs=dirs)  # in the run folder
+
+
+def test_multi_line_messages_become_one_line_details_under_debug(W, monkeypatch):
+    """A message of several lines (an error raised by a library, a data worker's traceback) is
+    printed as one line; the full text follows on stderr only under --debug."""
+    import simclr_xb.evaluate as E
+
+    def fail(*a, **k):
+        from simclr_xb.data import DataWorkerError
+        raise DataWorkerError("a data worker failed on step 3:\nworker 0: Traceback (most recent call last):\n"
+                              "  File \"w.py\", line 1, in run\n    decode()\nValueError: broken.png is bad\n")
+    monkeypatch.setattr(E, "evaluate", fail)
+    out = assert_clean_failure(cli("eval", "--checkpoint", W["T"] / "a"), "step 3: worker 0: ValueError: broken.png")
+    assert "--debug" in out and "decode()" not in out
+    r = CliRunner().invoke(main, ["--debug", "eval", "--checkpoint", str(W["T"] / "a")])
+    assert r.exit_code == 1 and "details:" in r.output and "decode()" in r.output, r.output
+
+
+def test_fashion_mnist_not_found_is_one_line(W, tmp_path, monkeypatch):
+    """(Fashion-MNIST may be installed on the machine: its system folders are left out here.)"""
+    import simclr_xb.data.idx as idx
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {k: () for k in idx.SYSTEM_DIRS})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SIMCLR_XB_DATA", raising=False)
+    r = cli("train", *TINY, "--out", tmp_path / "o", "--data", "fashion-mnist", "--data-root", tmp_path / "none")
+    out = assert_clean_failure(r, "'fashion-mnist' not found", "none; ", "cache")
+    assert not (tmp_path / "o" / "last.h5").exists(), out
+
+
+def test_download_failure_is_one_line(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from simclr_xb.data import DataError
+    from simclr_xb.data.download import download
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network in this test")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as e:
+        download("fashion-mnist", tmp_path)
+    assert "\n" not in str(e.value) and "no network in this test" in str(e.value), str(e.value)
 
 
 def test_pixel_limit_is_checked_before_any_pixel_is_decoded(W, tmp_path, monkeypatch):
