@@ -113,7 +113,7 @@ class TrainResult:
 
 
 # Fields a resumed run may change without changing its trajectory.
-RESUME_SAFE_FIELDS = {"train.max_steps", "train.log_every", "train.checkpoint_every",
+RESUME_SAFE_FIELDS = {"train.max_steps", "train.checkpoint_every",
                       "train.keep_last", "data.num_workers", "data.root", "train.compile",
                       "train.monitor_every", "train.monitor_train", "train.monitor_eval",
                       "train.tensorboard", "train.progress_every_s"}

@@ -184,7 +184,8 @@ def W(tmp_path_factory):
              "latin1.toml": b"[train]\nname = '\xe9'\n", "section.json": b'{"train": 5}',
              "nested.json": b'{"train": {"epochs": {"a": 1}}}', "preset.toml": b"preset = 3\n",
              "inf.toml": b"[optim]\nwarmup_epochs = inf\n", "seed.json": b'{"train": {"seed": 1e30}}',
-             "nan.json": b'{"model": {"bn_eps": NaN}}', "unknown.toml": b"[nope]\nx = 1\n"}
+             "nan.json": b'{"model": {"bn_eps": NaN}}', "unknown.toml": b"[nope]\nx = 1\n",
+             "log_every.toml": b"[train]\nlog_every = 10\n"}
     for n, b in files.items():
         (cfgs / n).write_bytes(b)
     w["cfg_dir"] = cfgs
@@ -216,12 +217,14 @@ def _cases():
             ("model.head_out", "10000000"), ("optim.weight_decay", "5"), ("train.seed", "true"),
             ("train.seed", "9223372036854775808"), ("optim.eta", "-Infinity")]):
         cases.append((f"set-{field}-{i}", tr(f"c{i}", "--set", f"{field}={value}"), [field]))
+    cases.append(("set-removed-log_every", tr("le", "--set", "train.log_every=5"),
+                  ["train.log_every", "removed", "train.progress_every_s"]))
     cases += [("seed-flag", tr("s1", "--seed", "-1"), ["train.seed"]),
               ("lr-flag", tr("s2", "--lr", "-0.1"), ["optim.base_lr"])]
     # --- config files (named file) -----------------------------------------------------------
     for n in ["list.json", "number.json", "string.json", "deep.json", "big.toml", "latin1.toml",
               "section.json", "nested.json", "preset.toml", "inf.toml", "seed.json", "nan.json",
-              "unknown.toml", "absent.toml"]:
+              "unknown.toml", "absent.toml", "log_every.toml"]:
         cases.append((f"config-{n}", lambda W, n=n: ["train", *TINY, "--out", o(W, "cf"),
                                                      "--config", W["cfg_dir"] / n], [n]))
     # --- counts and devices --------------------------------------------------------------------
@@ -438,6 +441,17 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         download("fashion-mnist", tmp_path)
     assert "\n" not in str(e.value) and "no network in this test" in str(e.value), str(e.value)
+
+
+def test_a_stored_config_with_the_removed_log_every_still_loads(W):
+    """Checkpoints and config.json of runs from before train.log_every was removed hold it:
+    Config.from_json (the checkpoint reader) drops it; set by a user it is an error."""
+    from simclr_xb.config import Config, ConfigError
+    d = W["cfg"].to_dict()
+    d["train"]["log_every"] = 10
+    assert Config.from_json(json.dumps(d)) == W["cfg"]
+    with pytest.raises(ConfigError, match="train.log_every.*removed.*train.progress_every_s"):
+        Config.from_dict(d)
 
 
 def test_pixel_limit_is_checked_before_any_pixel_is_decoded(W, tmp_path, monkeypatch):
