@@ -454,16 +454,22 @@ def _jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _worker_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
+def _worker_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear",
+                  resize: str = "pillow") -> np.ndarray:
     """The data workers' decode + crop + resize (simclr_xb.data.decode.crop_views) -> [0, 1]."""
     from simclr_xb.data.decode import crop_views
     out = np.empty((len(boxes), size, size, 3), np.uint8)
-    crop_views(data, boxes, size, out, "case", resample=resample, draft=draft)
+    crop_views(data, boxes, size, out, "case", resample=resample, draft=draft, resize=resize)
     return out / 255.0
 
 
+def _torch_worker_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
+    """The same with ``data.resize = torch`` (simclr_xb.backends.torch.resize)."""
+    return _worker_views(data, boxes, size, draft, resample, resize="torch")
+
+
 def _oracle_views(data: bytes, boxes, size: int, draft: bool, resample: str = "bilinear") -> np.ndarray:
-    """The oracle's crop-and-resize of the fully decoded image (no draft mode)."""
+    """The oracle's crop-then-resize of the fully decoded image (no draft mode)."""
     import io
 
     from PIL import Image
@@ -486,6 +492,7 @@ def _decode_args(rng, dt, draft: bool):
 
 def _data_cases() -> list[Case]:
     impls = {"core": _worker_views, "reference": _oracle_views}
+    torch_impls = {"core": _torch_worker_views, "reference": _oracle_views, "requires": "torch"}
     return [Case("data.decode_crop_resize", None, lambda r, dt: _decode_args(r, dt, False),
                  "workers' JPEG decode + crop + antialiased resize vs the oracle on the decoded image",
                  kind="core", impls=impls, dtypes=("float64",)),
@@ -495,7 +502,14 @@ def _data_cases() -> list[Case]:
             Case("data.decode_crop_resize.bicubic", None,
                  lambda r, dt: _decode_args(r, dt, False) + ("bicubic",),
                  "the antialiased bicubic resize the workers use for augment.recipe = tf2",
-                 kind="core", impls=impls, dtypes=("float64",))]
+                 kind="core", impls=impls, dtypes=("float64",)),
+            Case("data.decode_crop_resize.torch", None, lambda r, dt: _decode_args(r, dt, False),
+                 "the workers' decode + crop with torch's uint8 antialiased resize (data.resize = torch)",
+                 kind="core", impls=torch_impls, dtypes=("float64",)),
+            Case("data.decode_crop_resize.torch.bicubic", None,
+                 lambda r, dt: _decode_args(r, dt, False) + ("bicubic",),
+                 "the same in bicubic (augment.recipe = tf2, data.resize = torch)",
+                 kind="core", impls=torch_impls, dtypes=("float64",))]
 
 
 def all_cases() -> list[Case]:

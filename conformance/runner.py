@@ -17,6 +17,7 @@ GPUs run them at reduced precision, docs/src/usage/precision.rst) and records th
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
 import tempfile
 import time
@@ -218,6 +219,9 @@ def run_case(case: Case, impls: dict[str, Caller], dtype: str, skipped: dict[str
     names = [n for n in impls if n not in cannot]
     skipped = {**skipped, **cannot}
     if case.kind == "core":
+        need = case.impls.get("requires")
+        if need and importlib.util.find_spec(need) is None:
+            return [Result(case.name, "core~oracle", dtype, "SKIP", detail=f"{need} is not installed")]
         t0 = time.perf_counter()
         args = case.make(np.random.default_rng(case.seed), dtype)
         a, b = (case.impls["core"](*args), case.impls["reference"](*args))

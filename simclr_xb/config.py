@@ -245,9 +245,13 @@ class DataConfig:
     root: str | None = None  # folder to look in (default: $SIMCLR_XB_DATA, ~/.cache/simclr_xb, ...)
     num_workers: int = 1  # prefetch threads (in-memory data); decode processes (folder:, wds:)
     skip_bad_images: bool = False
+    # The data workers' crop + antialiased resize (folder:, wds:): auto = torch's uint8 kernel
+    # on x86-64 when torch is installed, else pillow (simclr_xb.data.decode.resolve_resize).
+    resize: str = "auto"
 
     def validate(self) -> None:
         _check(bool(self.name), "data.name", self.name, "a dataset name")
+        _check(self.resize in ("auto", "pillow", "torch"), "data.resize", self.resize, "auto, pillow or torch")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
 
 

@@ -229,7 +229,8 @@ def evaluate(cfg, weights: dict | None, data_spec: str | None = None, backend: s
         log(f"encoding {out['n_train']} + {out['n_test']} images with the {backend} backend on "
             f"{trainer.device} ...")
         enc = dict(batch_size=batch_size, size=cfg.augment.image_size, num_workers=cfg.data.num_workers,
-                   resample=stream_resample(cfg), skip_bad_images=cfg.data.skip_bad_images)
+                   resample=stream_resample(cfg), skip_bad_images=cfg.data.skip_bad_images,
+                   resize=cfg.data.resize)
         tr, tr_y = encode_split(trainer, train_ds, **enc)
         te, te_y = encode_split(trainer, test_ds, **enc)
         out.update(features="random-init encoder h" if weights is None else "encoder h",

@@ -56,7 +56,7 @@ def extract_features(ckpt, out: str | Path, data_spec: str | None = None, split:
         classes = ds.classes
         log(f"encoding {len(ds.labels)} {s} images of {spec} with the {backend} backend on {trainer.device} ...")
         h, labels = encode_split(trainer, ds, batch_size, cfg.augment.image_size, cfg.data.num_workers,
-                                 stream_resample(cfg), cfg.data.skip_bad_images)
+                                 stream_resample(cfg), cfg.data.skip_bad_images, cfg.data.resize)
         g = {"h": h.astype(np.float32), "labels": labels.astype(np.int64)}
         if with_z:
             g["z"] = project(trainer, h)

@@ -254,7 +254,8 @@ def initial_weights(model_cfg: ModelConfig, num_classes: int, encoder: dict | No
 
 
 def train_classifier(trainer, images: np.ndarray, labels: np.ndarray, aug: AugmentConfig,
-                     ft: FinetuneConfig, log=print, label: str = "", num_workers: int = 1) -> dict:
+                     ft: FinetuneConfig, log=print, label: str = "", num_workers: int = 1,
+                     resample: str = "bilinear", resize: str = "auto") -> dict:
     """Fine-tune ``trainer`` (a backend :class:`FinetuneTrainer`) on uint8 ``images`` / ``labels``.
 
     Step s (epoch e): batch from a seeded BatchLoader (drop_last), views from
@@ -279,7 +280,8 @@ def train_classifier(trainer, images: np.ndarray, labels: np.ndarray, aug: Augme
             return [sample_view_params(finetune_rng(ft.seed, epoch, epoch * loader.steps_per_epoch + s),
                                        view_cfg, len(idx), hw_)]
         loader = StreamLoader(images, batch, make_params, aug.image_size, seed=ft.seed, drop_last=True,
-                              shuffle=True, num_workers=num_workers, views_per_image=1)
+                              shuffle=True, num_workers=num_workers, views_per_image=1, resample=resample,
+                              resize=resize)
     else:
         loader = BatchLoader(images, labels, batch_size=batch, seed=ft.seed, drop_last=True,
                              shuffle=True, num_workers=0)
@@ -342,6 +344,7 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
     from .data import open_dataset
     from .data.stream import predict_split
     from .evaluate import pick_backend
+    from .train import stream_resample
 
     ft.validate()
     log = log or (lambda m: None)
@@ -390,11 +393,12 @@ def finetune(cfg: Config, weights: dict | None, ft: FinetuneConfig, data_spec: s
         trainer = ft_mod.FinetuneTrainer(cfg.model, cfg.augment, num_classes, start, ft, device=device)
         label = "SimCLR" if run == "simclr" else "random init"
         res = train_classifier(trainer, images, labels, cfg.augment, ft, log=log, label=label,
-                               num_workers=cfg.data.num_workers)
+                               num_workers=cfg.data.num_workers, resample=stream_resample(cfg),
+                               resize=cfg.data.resize)
         if stream:
             def pred(ds, trainer=trainer):
                 return predict_split(trainer.predict, ds, ft.eval_batch_size, cfg.augment.image_size,
-                                     cfg.data.num_workers)
+                                     cfg.data.num_workers, stream_resample(cfg), cfg.data.resize)
             test = score(*pred(test_ds))
             train_acc = score(*pred(images))["top1"]
         else:

@@ -131,7 +131,7 @@ class KnnMonitor:
         from .train import stream_resample
         d = self.cfg.data
         return encode_split(enc, images, 256, self.cfg.augment.image_size, d.num_workers,
-                            stream_resample(self.cfg), d.skip_bad_images)
+                            stream_resample(self.cfg), d.skip_bad_images, d.resize)
 
     def after_step(self, trainer, step: int) -> dict:
         """:meth:`check` when due. A failing check (e.g. out of memory) never fails the run: it

@@ -795,20 +795,23 @@ def resample_matrix(in_size: int, start: float, length: float, size: int,
 def crop_resize_antialias(image_u8: np.ndarray, boxes: np.ndarray, size: int,
                           filter: str = "bilinear") -> np.ndarray:
     """The large-image view crop: box ``(top, left, height, width)`` of ONE decoded image
-    (H, W, 3) uint8 resized to (size, size) with an antialiased separable filter (see
-    :func:`resample_matrix`; rows then columns, in float64, no rounding in between)
+    (H, W, 3) uint8, cut out and resized to (size, size) as an image of its own with an
+    antialiased separable filter (:func:`resample_matrix` over the box alone: the taps stop
+    at the box's edges; rows then columns, in float64, no rounding in between)
     -> (K, size, size, 3) float64 in [0, 1] for K boxes.
 
-    This defines what the data workers (:mod:`simclr_xb.data.decode`) compute for images
-    read from files: Pillow's 8-bit resampler rounds to uint8 after each pass (and JPEG draft
-    mode decodes at a reduced DCT scale), which the conformance case
-    ``data.decode_crop_resize`` bounds."""
+    Crop, then resize, is what torchvision's ``RandomResizedCrop`` does (``F.resized_crop`` on
+    a PIL image or a tensor) and what the official tf2 code does (``crop_to_bounding_box``,
+    then ``tf.image.resize``). This defines what the data workers
+    (:mod:`simclr_xb.data.decode`) compute for images read from files: their 8-bit resamplers
+    round to uint8 (and JPEG draft mode decodes at a reduced DCT scale), which the
+    conformance cases ``data.decode_crop_resize*`` bound."""
     img = np.asarray(image_u8, dtype=np.float64) / 255.0
-    H, W = img.shape[:2]
     out = np.empty((len(boxes), size, size, img.shape[2]))
     for k, (top, left, h, w) in enumerate(np.asarray(boxes, dtype=np.int64)):
-        my = resample_matrix(H, float(top), float(h), size, filter)
-        mx_ = resample_matrix(W, float(left), float(w), size, filter)
-        rows = (my @ img.reshape(H, -1)).reshape(size, W, -1)  # (size, W, 3)
+        crop = img[top:top + h, left:left + w]
+        my = resample_matrix(int(h), 0.0, float(h), size, filter)
+        mx_ = resample_matrix(int(w), 0.0, float(w), size, filter)
+        rows = (my @ crop.reshape(int(h), -1)).reshape(size, int(w), -1)  # (size, w, 3)
         out[k] = np.einsum("px,oxc->opc", mx_, rows)
     return _clamp(out)

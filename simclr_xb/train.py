@@ -197,7 +197,8 @@ def stream_train_loader(cfg: Config, dataset, per_rank: int, rank: int, world: i
     loader = StreamLoader(dataset, per_rank, make_params, cfg.augment.image_size, seed=cfg.train.seed,
                           rank=rank, world=world, drop_last=True, shuffle=True,
                           num_workers=cfg.data.num_workers, prefetch=2,
-                          skip_bad_images=cfg.data.skip_bad_images, resample=stream_resample(cfg))
+                          skip_bad_images=cfg.data.skip_bad_images, resample=stream_resample(cfg),
+                          resize=cfg.data.resize)
     return loader
 
 
@@ -465,7 +466,7 @@ def save(run: _Run, step: int) -> None:
     versions = library_versions()
     if run.stream:  # the decoder decides the pixels of every view
         from .data.decode import decoder_versions
-        versions.update(decoder_versions())
+        versions.update(decoder_versions(cfg.data.resize))
     ck = Checkpoint(config=cfg, weights=weights, momentum=momentum, extra=extra,
                     epoch=step // spe, step=step, backend=run.backend, versions=versions)
     run.last_path = save_rolling(run.out_dir, ck, cfg.train.keep_last)

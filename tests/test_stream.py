@@ -2,6 +2,7 @@
 original resolution, evaluation views, the end-to-end CLI path and its memory bound."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -271,16 +272,87 @@ def test_decode_matches_the_oracle_and_a_wrong_box_does_not():
     assert np.abs(ref - pil).max() <= 1.0 / 255 + 1e-9
 
 
+@pytest.mark.parametrize("resize", ["pillow", "torch"])
+def test_a_view_sees_only_its_box(resize):
+    """Crop, then resize (torchvision's RandomResizedCrop, tf2's crop_to_bounding_box + resize):
+    pixels outside a box never reach its view, in both resizers and in the oracle. Negative
+    control: Pillow's resize(box=...) lets the filter taps run past the box and changes."""
+    if resize == "torch":
+        pytest.importorskip("torch")
+    from simclr_xb import reference
+    rng = np.random.default_rng(3)
+    img = _photo(rng, 120, 150)
+    box = np.array([[20, 30, 60, 70]])  # shrink 70 -> 24 px: taps 1.5 px wide on each side
+    other = img.copy()
+    other[:20], other[80:], other[:, :30], other[:, 100:] = 0, 255, 0, 255  # only outside the box
+    views = []
+    for im in (img, other):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")  # exact decode
+        out = np.empty((1, 24, 24, 3), np.uint8)
+        crop_views(buf.getvalue(), box, 24, out, "png", resize=resize)
+        views.append(out[0])
+    assert np.array_equal(views[0], views[1])
+    oracle = [reference.crop_resize_antialias(im, box, 24) for im in (img, other)]
+    assert np.array_equal(*oracle)
+    t, left, h, w = box[0]
+    leaky = [np.asarray(Image.fromarray(im).resize((24, 24), Image.BILINEAR, box=(left, t, left + w, t + h)))
+             for im in (img, other)]
+    assert not np.array_equal(leaky[0], leaky[1])
+
+
+def test_torch_and_pillow_resizers_agree_and_both_backends_export_one():
+    """data.resize = torch (torch's uint8 kernel) rounds like Pillow to one level on real
+    JPEG views; the MLX mirror of backends/torch/resize.py is Pillow's; auto picks a real one."""
+    pytest.importorskip("torch")
+    from simclr_xb.backends.mlx import resize as mlx_resize
+    from simclr_xb.backends.torch import resize as torch_resize
+    from simclr_xb.conformance.cases import _decode_args, _worker_views
+    from simclr_xb.data.decode import resolve_resize
+    data, boxes, size, draft = _decode_args(np.random.default_rng(1), "float64", False)
+    a = _worker_views(data, boxes, size, draft, resize="pillow")
+    b = _worker_views(data, boxes, size, draft, resize="torch")
+    assert np.abs(a - b).max() <= 1.0 / 255 + 1e-9
+    img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    outs = [np.empty((len(boxes), size, size, 3), np.uint8) for _ in range(2)]
+    torch_resize.resize_views(img, boxes, size, "bilinear", outs[0])
+    mlx_resize.resize_views(img, boxes, size, "bilinear", outs[1])
+    assert np.abs(outs[0].astype(int) - outs[1]).max() <= 1 and np.array_equal(outs[1], np.rint(a * 255))
+    assert resolve_resize("auto") in ("pillow", "torch") and resolve_resize("pillow") == "pillow"
+    with pytest.raises(ValueError, match="data.resize"):
+        resolve_resize("opencv")
+    from simclr_xb.config import Config, ConfigError
+    with pytest.raises(ConfigError, match="data.resize"):
+        Config.from_dict({"data": {"resize": "opencv"}}).validate()
+
+
+def test_torch_resize_workers_give_identical_batches(folder):
+    """Workers that import torch for the resize (spawned processes) serve the same batches as
+    the caller decoding itself, and those are torch's (they differ from Pillow's by one level
+    on a few pixels: the option reaches the workers)."""
+    pytest.importorskip("torch")
+    ds = open_dataset(f"folder:{folder}")
+    runs = []
+    for nw, resize in ((0, "torch"), (2, "torch"), (0, "pillow")):
+        with StreamLoader(ds, 4, pair_params(), 32, num_workers=nw, resize=resize) as L:
+            assert L.spec.resize == resize
+            runs.append([b.views.copy() for b in L.epoch(0)])
+    assert len(runs[0]) == 3 and all(np.array_equal(x, y) for x, y in zip(runs[0], runs[1]))
+    diff = [np.abs(x.astype(int) - y) for x, y in zip(runs[0], runs[2])]
+    assert max(d.max() for d in diff) == 1 and sum(d.sum() for d in diff) > 0
+
+
 def test_eval_view_is_the_centre_crop_resized(folder):
     ds = open_dataset(f"folder:{folder}", "test")
     with eval_loader(ds, 24, 3, num_workers=0) as L:
         got = [b for b in L.epoch(0)]
+        resize = L.spec.resize
     assert [len(b.labels) for b in got] == [3, 1]
     i = 1
     src = ds.index.path(i)
     box = center_crop_boxes(ds.hw[i:i + 1])
     want = np.empty((1, 24, 24, 3), np.uint8)
-    crop_views(src, box, 24, want, src)
+    crop_views(src, box, 24, want, src, resize=resize)
     assert np.array_equal(got[0].views[i], want[0])
 
 

@@ -132,6 +132,7 @@ class DecodeSpec:
     size: int
     resample: str = "bilinear"
     draft: bool = True
+    resize: str = "pillow"  # "pillow" | "torch" (resolved: simclr_xb.data.decode.resolve_resize)
 
 
 def decode_batch(index: ImageIndex, idx: np.ndarray, boxes: np.ndarray, spec: DecodeSpec,
@@ -146,7 +147,7 @@ def decode_batch(index: ImageIndex, idx: np.ndarray, boxes: np.ndarray, spec: De
     for b, i in enumerate(np.asarray(idx, dtype=np.int64)):
         try:
             crop_views(source_of(index, i), boxes[:, b], spec.size, tmp, index.path(i), spec.resample,
-                       spec.draft, hw=index.hw[i])
+                       spec.draft, hw=index.hw[i], resize=spec.resize)
             out[:, b] = tmp
         except DECODE_ERRORS as e:
             out[:, b] = 0
@@ -211,7 +212,7 @@ class StreamLoader(_Closes):
                  seed: int = 0, rank: int = 0, world: int = 1, drop_last: bool = True,
                  shuffle: bool = True, num_workers: int = 1, prefetch: int = 2,
                  skip_bad_images: bool = False, resample: str = "bilinear", draft: bool = True,
-                 views_per_image: int = 2, log=None):
+                 views_per_image: int = 2, log=None, resize: str = "auto"):
         from .loader import BatchLoader
 
         n = len(data)
@@ -224,7 +225,8 @@ class StreamLoader(_Closes):
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.skip_bad_images = bool(skip_bad_images)
-        self.spec = DecodeSpec(self.size, resample, bool(draft))
+        from .decode import resolve_resize
+        self.spec = DecodeSpec(self.size, resample, bool(draft), resolve_resize(resize))
         self.log = log
         self.warned: set[str] = set()
         self._procs: list = []
@@ -389,7 +391,7 @@ class StreamLoader(_Closes):
 
 
 def eval_loader(data: StreamDataset, size: int, batch_size: int, num_workers: int = 1,
-                resample: str = "bilinear", skip_bad_images: bool = False) -> StreamLoader:
+                resample: str = "bilinear", skip_bad_images: bool = False, resize: str = "auto") -> StreamLoader:
     """Every image once, in index order, as its evaluation view: the official centre crop
     (87.5% of the shorter side, :func:`simclr_xb.augment.center_crop_boxes`) cut from the
     original image and resized to ``size``; no other op."""
@@ -402,11 +404,12 @@ def eval_loader(data: StreamDataset, size: int, batch_size: int, num_workers: in
 
     return StreamLoader(data, min(batch_size, len(data)), make_params, size, shuffle=False,
                         drop_last=False, num_workers=num_workers, skip_bad_images=skip_bad_images,
-                        resample=resample, views_per_image=1)
+                        resample=resample, views_per_image=1, resize=resize)
 
 
 def encode_split(trainer, data, batch_size: int, size: int, num_workers: int = 1,
-                 resample: str = "bilinear", skip_bad_images: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 resample: str = "bilinear", skip_bad_images: bool = False,
+                 resize: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(h (N, d), labels (N,)) of a split with ``trainer.encode``: a Dataset in memory as is; a
     StreamDataset through :func:`eval_loader` (its views are already ``size``, so the
     backend's identity view of them is an exact copy). Images skipped as undecodable are
@@ -414,7 +417,7 @@ def encode_split(trainer, data, batch_size: int, size: int, num_workers: int = 1
     if not getattr(data, "is_stream", False):
         return trainer.encode(data.images, batch_size=batch_size), data.labels
     hs, ys = [], []
-    with eval_loader(data, size, batch_size, num_workers, resample, skip_bad_images) as loader:
+    with eval_loader(data, size, batch_size, num_workers, resample, skip_bad_images, resize) as loader:
         for b in loader.epoch(0):
             if len(b.indices):
                 hs.append(trainer.encode(b.views, batch_size=batch_size))
@@ -431,11 +434,11 @@ def whole_view_params(params, size: int):
 
 
 def predict_split(predict, data, batch_size: int, size: int, num_workers: int = 1,
-                  resample: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+                  resample: str = "bilinear", resize: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(logits, labels) of ``predict(images_u8, batch_size)`` over a StreamDataset's
     evaluation views (:func:`eval_loader`)."""
     outs, ys = [], []
-    with eval_loader(data, size, batch_size, num_workers, resample) as loader:
+    with eval_loader(data, size, batch_size, num_workers, resample, resize=resize) as loader:
         for b in loader.epoch(0):
             outs.append(predict(b.views, batch_size))
             ys.append(b.labels)
