@@ -785,6 +785,11 @@ def views(preset_name, config_file, overrides, out_file, n_images, step, split, 
     from simclr_xb.views import views_command
     try:
         cfg = build_config(preset_name, config_file, overrides, **flags)
+        from simclr_xb.data import parse_spec
+        try:
+            parse_spec(cfg.data.name)
+        except ValueError as e:
+            raise UserError(f"config field data.name = {cfg.data.name!r} is invalid: {e}") from e
         names = tuple(b.strip() for b in backends.split(",") if b.strip())
         for b in names:
             if b not in ("torch", "mlx"):
