@@ -297,7 +297,7 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
         raise
     except (DistributedError,) + _known_errors() as e:
         if dist is not None:
-            dist.abort(1, f"Error: {_on_rank(dist, str(e))}")
+            dist.abort(1, f"Error: {_on_rank(dist, _single_line(str(e)))}")
         raise UserError(str(e)) from e
     except Exception as e:
         if dist is not None:  # the launcher (or the collective timeout) stops the other ranks
