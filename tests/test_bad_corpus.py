@@ -497,6 +497,15 @@ def test_pixel_limit_is_checked_before_any_pixel_is_decoded(W, tmp_path, monkeyp
     assert len(build_folder_index(d)) == 3  # exactly at the limit is allowed
 
 
+def test_train_skips_a_bomb_with_skip_bad_images(W, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMCLR_XB_INDEX_CACHE", str(tmp_path / "cache"))
+    r = cli("train", *TINY, "--batch-size", "2", "--set", "train.monitor_every=0", "--data",
+            f"folder:{W['bomb1x']}", "--out", tmp_path / "o", "--skip-bad-images")
+    assert r.exit_code == 0, r.output
+    assert f"warning: skipped 0 undecodable image(s) and 1 over the pixel limit in {W['bomb1x']}" in r.output
+    assert (tmp_path / "o" / "last.h5").exists()
+
+
 def test_pillow_refusal_at_2x_is_a_named_error_or_a_skip(W, tmp_path, monkeypatch):
     """Pillow raises DecompressionBombError at open beyond 2x: the index turns it into the same
     named refusal (it used to escape as an internal error), or a skip."""

@@ -63,6 +63,7 @@ class ImageIndex:
     offset: np.ndarray | None = None
     length: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)  # those of ``skipped`` over the pixel limit
     build_s: float = 0.0  # seconds spent reading headers (0 when fully cached)
     headers_read: int = 0
 
@@ -282,7 +283,7 @@ def build_folder_index(root: str | os.PathLike, split: str = "train", skip_bad_i
         raise DataError(f"image folder {folder}: none of its {len(files)} images could be read")
     return ImageIndex(root=str(folder), files=np.asarray([os.fsencode(f) for f in files], dtype=bytes)[k],
                       labels=np.asarray(labels, dtype=np.int64)[k], hw=hw[k], classes=classes,
-                      split=split, skipped=bad + big, build_s=build_s, headers_read=read)
+                      split=split, skipped=bad + big, too_large=big, build_s=build_s, headers_read=read)
 
 
 def size_summary(hw: np.ndarray) -> str:

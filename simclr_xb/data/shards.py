@@ -180,7 +180,7 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
                         f"{len(classes)} classes are named")
     return ImageIndex(root=str(root), files=files, labels=labels, hw=hw, classes=classes, split=split,
                       kind="tar", shards=[str(p) for p in shards], shard=shard, offset=offset,
-                      length=length, skipped=bad + big, build_s=time.perf_counter() - t0,
+                      length=length, skipped=bad + big, too_large=big, build_s=time.perf_counter() - t0,
                       headers_read=0 if from_cache else len(files))
 
 
