@@ -655,11 +655,11 @@ def data_pack(src, out, root, fmt, shard_size, force):
         if fmt == "wds":
             from simclr_xb.data import available_splits, open_dataset
             from simclr_xb.data.shards import write_shards
+            from simclr_xb.outputs import check_output_dir, dataset_folders
+            check_output_dir(out, "OUT", data_dirs=dataset_folders(src, root=root))  # before any read
             parts = {s: open_dataset(src, s, root=root) for s in available_splits(src, root)}
             if not all(getattr(d, "is_stream", False) for d in parts.values()):
                 raise ValueError(f"--format wds packs image folders (folder:PATH), not {src}")
-            from simclr_xb.outputs import check_output_dir, dataset_folders
-            check_output_dir(out, "OUT", data_dirs=dataset_folders(src, root=root))
             written = write_shards({s: d.index for s, d in parts.items()}, out, shard_size, overwrite=force)
             for s, files in written.items():
                 click.echo(f"wrote {len(files)} {s} shard(s) of {len(parts[s])} images to {out}")
