@@ -22,7 +22,44 @@ BACKEND_CHOICE = click.Choice(["torch", "mlx"])
 
 
 class UserError(click.ClickException):
-    """An error the user can fix; printed without a traceback."""
+    """An error the user can fix; printed as ONE line without a traceback (a message of several
+    lines is joined with '; ', an embedded traceback reduced to its exception line; the full
+    text follows on stderr under --debug / SIMCLR_XB_DEBUG=1)."""
+
+    def __init__(self, message):
+        message = str(message)
+        self.detail = message if "\n" in message.strip() else None
+        self.debug = bool(self.detail) and _debug_on(click.get_current_context(silent=True))
+        super().__init__(_single_line(message) if self.detail else message)
+
+    def show(self, file=None):
+        super().show(file)
+        if self.debug:
+            click.echo(f"details:\n{self.detail}", err=True)
+
+
+def _single_line(text: str) -> str:
+    """``text``'s lines as one: joined with '; ' (after a ':' with a space), each traceback
+    (``Traceback (most recent call last):`` and its indented lines) left out but its final
+    exception line kept."""
+    out, skipping, tb = [], False, False
+    for line in str(text).splitlines():
+        if not line.strip():
+            continue
+        if "Traceback (most recent call last)" in line:
+            head = line.split("Traceback (most recent call last)")[0].strip()
+            if head:
+                out.append(head)
+            skipping = tb = True
+            continue
+        if skipping and line[:1] in (" ", "\t"):
+            continue
+        skipping = False
+        out.append(line.strip())
+    text = ""
+    for part in out:
+        text += part if not text else (" " if text.endswith(":") else "; ") + part
+    return text + (" (its traceback: rerun with --debug)" if tb else "")
 
 
 def _fail(e: Exception) -> None:
@@ -249,6 +286,8 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
         if resume is None and (Path(out_dir) / "last.h5").exists():
             raise UserError(f"{out_dir} already holds a run (last.h5): pass --resume {out_dir} to "
                             f"continue it, or choose another --out")
+        from simclr_xb.outputs import check_output_dir, dataset_folders
+        check_output_dir(out_dir, data_dirs=dataset_folders(cfg.data.name, root=cfg.data.root))
         res = run_train(cfg, out_dir, backend=backend, resume=resume, device=device,
                         show_progress=not quiet, dist=dist, log=lambda m: click.echo(m, err=True),
                         requested_fields=requested_fields(overrides, flags))
@@ -258,7 +297,7 @@ def train(backend, preset_name, config_file, overrides, out_dir, resume, device,
         raise
     except (DistributedError,) + _known_errors() as e:
         if dist is not None:
-            dist.abort(1, f"Error: {_on_rank(dist, str(e))}")
+            dist.abort(1, f"Error: {_on_rank(dist, _single_line(str(e)))}")
         raise UserError(str(e)) from e
     except Exception as e:
         if dist is not None:  # the launcher (or the collective timeout) stops the other ranks
@@ -356,14 +395,17 @@ def _inputs(*items) -> tuple:
     return tuple(out)
 
 
-def _outputs_first(files: dict, inputs=(), device=None) -> None:
+def _outputs_first(files: dict, inputs=(), device=None, data=(), root=None) -> None:
     """Before any long work: every output file ({option: path}) is absent or a regular file,
-    not one of ``inputs``, in a writable folder; ``device`` = (backend, --device) exists."""
+    not one of ``inputs``, not inside the folder of a dataset spec in ``data`` (read under
+    ``root``), in a writable folder; ``device`` = (backend, --device) exists."""
     from simclr_xb.inputs import check_device
-    from simclr_xb.outputs import check_output_file
+    from simclr_xb.outputs import check_output_file, dataset_folders
+    dirs = dataset_folders(*data, root=root)
     for option, path in files.items():
         if path is not None:  # a --json result goes into an existing folder
-            check_output_file(path, option, inputs=inputs, parent_must_exist=option == "--json")
+            check_output_file(path, option, inputs=inputs, parent_must_exist=option == "--json",
+                              data_dirs=dirs)
     if device is not None:
         check_device(*device)
 
@@ -403,7 +445,9 @@ def eval_(checkpoint, data, data_root, backend, device, random_init, raw_pixels,
         _counts(**{"--knn-k": knn_k, "--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True)) \
             if checkpoint else None
-        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data), device=(backend, device))
+        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data), device=(backend, device),
+                       data=(data or (ck.config.data.name if ck else None),),
+                       root=data_root or (ck.config.data.root if ck else None))
         if ck is not None and not random_init:
             ck.check_fits_config()
         cfg = ck.config if ck else preset(preset_name or "tiny")
@@ -611,6 +655,8 @@ def data_pack(src, out, root, fmt, shard_size, force):
         if fmt == "wds":
             from simclr_xb.data import available_splits, open_dataset
             from simclr_xb.data.shards import write_shards
+            from simclr_xb.outputs import check_output_dir, dataset_folders
+            check_output_dir(out, "OUT", data_dirs=dataset_folders(src, root=root))  # before any read
             parts = {s: open_dataset(src, s, root=root) for s in available_splits(src, root)}
             if not all(getattr(d, "is_stream", False) for d in parts.values()):
                 raise ValueError(f"--format wds packs image folders (folder:PATH), not {src}")
@@ -618,7 +664,7 @@ def data_pack(src, out, root, fmt, shard_size, force):
             for s, files in written.items():
                 click.echo(f"wrote {len(files)} {s} shard(s) of {len(parts[s])} images to {out}")
             return
-        _outputs_first({"OUT": out}, _inputs(src, None if root is None else root))
+        _outputs_first({"OUT": out}, _inputs(src, None if root is None else root), data=(src,), root=root)
         result = pack(src, out, root=root)
     except _known_errors() as e:
         _fail(e)
@@ -661,10 +707,12 @@ def finetune(checkpoint, data, data_root, label_fraction, epochs, backend, devic
     try:
         _counts(**{"--epochs": epochs, "--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
-        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data, subset_file), device=(backend, device))
+        spec = (data or ck.config.data.name,)
+        _outputs_first({"--json": json_out}, _inputs(checkpoint, ck, data, subset_file), device=(backend, device),
+                       data=spec, root=data_root or ck.config.data.root)
         if out_dir is not None:
-            from simclr_xb.outputs import check_output_dir
-            check_output_dir(out_dir)
+            from simclr_xb.outputs import check_output_dir, dataset_folders
+            check_output_dir(out_dir, data_dirs=dataset_folders(*spec, root=data_root or ck.config.data.root))
         ft = FinetuneConfig(label_fraction=label_fraction, epochs=epochs, batch_size=batch_size,
                             base_lr=lr, optimizer=optimizer, seed=seed, precision=precision).validate()
         subset = load_subset(subset_file) if subset_file else None
@@ -708,7 +756,8 @@ def features(checkpoint, data, data_root, out_file, split, with_z, backend, devi
         _counts(**{"--batch-size": batch_size})
         ck = latest_good(checkpoint, warn=lambda m: click.echo(f"warning: {m}", err=True))
         _outputs_first({"--out": out_file}, _inputs(checkpoint, ck, data or ck.config.data.name),
-                       device=(backend, device))
+                       device=(backend, device), data=(data or ck.config.data.name,),
+                       root=data_root or ck.config.data.root)
         res = extract_features(ck, out_file, data_spec=data, split=split, with_z=with_z, backend=backend,
                                device=device, batch_size=batch_size, root=data_root,
                                log=lambda m: click.echo(m, err=True))
@@ -736,6 +785,11 @@ def views(preset_name, config_file, overrides, out_file, n_images, step, split, 
     from simclr_xb.views import views_command
     try:
         cfg = build_config(preset_name, config_file, overrides, **flags)
+        from simclr_xb.data import parse_spec
+        try:
+            parse_spec(cfg.data.name)
+        except ValueError as e:
+            raise UserError(f"config field data.name = {cfg.data.name!r} is invalid: {e}") from e
         names = tuple(b.strip() for b in backends.split(",") if b.strip())
         for b in names:
             if b not in ("torch", "mlx"):

@@ -202,7 +202,6 @@ class TrainConfig:
     compile: bool = False  # torch.compile / mx.compile where supported
     checkpoint_every: int = 200  # steps between checkpoints (and one at the end)
     keep_last: int = 2  # rolling checkpoints kept beside last.h5
-    log_every: int = 10  # steps between metric lines
     max_steps: int | None = None  # stop early after this many steps (for smoke runs)
     # What to do on a non-finite loss: "stop" (default) or "skip" the step, counting skips.
     on_nonfinite: str = "stop"
@@ -226,7 +225,6 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "an integer >= 1")
         _check(self.keep_last >= 0, "train.keep_last", self.keep_last, "an integer >= 0")
-        _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
         _check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", self.max_steps,
                "None or an integer >= 1")
         _check(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", self.on_nonfinite,
@@ -299,7 +297,14 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> Config:
-        return cls.from_dict(json.loads(text))
+        """A config as :meth:`to_json` wrote it (checkpoints, config.json): fields removed since
+        (:data:`REMOVED_FIELDS`) are dropped, so an older run still loads."""
+        d = json.loads(text)
+        for dotted in REMOVED_FIELDS:
+            section, _, key = dotted.partition(".")
+            if isinstance(d.get(section), dict):
+                d[section].pop(key, None)
+        return cls.from_dict(d)
 
     def with_value(self, dotted: str, value: Any) -> Config:
         """Return a copy with ``section.field`` set to ``value`` (coerced to the field's type)."""
@@ -309,6 +314,8 @@ class Config:
                               f"{sorted(_SECTIONS)}")
         sub = getattr(self, section)
         hints = get_type_hints(type(sub))
+        if dotted in REMOVED_FIELDS:
+            raise ConfigError(f"config field {dotted!r} was removed: {REMOVED_FIELDS[dotted]}")
         if key not in hints:
             raise ConfigError(f"unknown config field {dotted!r}: {section} has fields {sorted(hints)}")
         coerced = _coerce(dotted, value, hints[key])
@@ -326,6 +333,15 @@ class Config:
 
 
 _SECTIONS = {f.name for f in fields(Config)}
+
+# Fields that no longer exist: setting one (--set, a config file) is an error naming what
+# replaced it; a checkpoint's stored config drops them (Config.from_json).
+REMOVED_FIELDS = {
+    "train.log_every": "it gated nothing: off a terminal a progress line comes every "
+                       "train.progress_every_s seconds (default 30), at each epoch end and at the last "
+                       "step, and metrics.jsonl records every step; set train.progress_every_s instead "
+                       "(e.g. --set train.progress_every_s=10)",
+}
 
 # --- limits checked for EVERY field (also fields added later), before the sections' own rules --
 # A float (also each float of a tuple) must be finite; a float or int must lie in its LIMITS
@@ -367,7 +383,6 @@ LIMITS: dict[str, tuple[float, float]] = {
     "train.seed": (0, 2 ** 63 - 1),  # stored as int64 in checkpoints, fed to SeedSequence
     "train.checkpoint_every": (1, 2 ** 62),
     "train.keep_last": (0, 10 ** 6),
-    "train.log_every": (1, 2 ** 62),
     "train.max_steps": (1, 2 ** 62),
     "train.max_skips": (0, 2 ** 62),
     "train.monitor_every": (0, 10 ** 6),
@@ -526,7 +541,7 @@ def _tiny() -> Config:
         augment=AugmentConfig(image_size=32, crop_scale=(0.35, 1.0), strength=1.0, blur_p=0.0),
         loss=LossConfig(temperature=0.2),
         optim=OptimConfig(lr_scaling="sqrt", warmup_epochs=1),
-        train=TrainConfig(batch_size=128, epochs=10, checkpoint_every=100, log_every=5),
+        train=TrainConfig(batch_size=128, epochs=10, checkpoint_every=100),
         data=DataConfig(name="shapes"),
     )
 

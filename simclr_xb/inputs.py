@@ -6,6 +6,9 @@
   limit) times :data:`MEMORY_FRACTION`, or an explicit ``SIMCLR_XB_MAX_BYTES``.
 * :func:`read_capped`: a file's bytes (gzip transparently), read in blocks and refused as soon
   as they pass a cap, so a small ``.gz`` that inflates to gigabytes never gets allocated.
+* :func:`image_pixel_limit` / :func:`too_many_pixels`: an image whose header declares more
+  pixels than Pillow's ``Image.MAX_IMAGE_PIXELS`` (or than the memory budget holds at
+  :data:`DECODED_BYTES_PER_PIXEL`) is refused before any pixel is decoded.
 * :func:`check_device`: ``--device`` against the devices the backend reports, before any work
   (``--device cuda`` with a CPU-only torch is a one-line error, not a traceback later).
 * :func:`positive_int`: a CLI count (``--nproc``, ``--knn-k``, ``--batch-size``) must be >= 1.
@@ -98,6 +101,43 @@ def read_capped(path: str | os.PathLike, cap: int, what: str, block: int = 1 << 
 
 
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+# Pillow keeps a decoded RGB (also RGBA, CMYK) image as 4 bytes a pixel.
+DECODED_BYTES_PER_PIXEL = 4
+
+
+def image_pixel_limit() -> tuple[int | None, str]:
+    """(the most pixels one image may have to be decoded, where that limit comes from).
+
+    The limit is Pillow's ``Image.MAX_IMAGE_PIXELS`` itself (default 89478485, ~0.25 GiB of
+    RGBA; None disables it), NOT Pillow's error threshold of twice that: between 1x and 2x
+    Pillow only emits a DecompressionBombWarning (in a data worker, easily lost) and decodes the
+    whole image. It is lowered to what the memory budget (:func:`memory_budget`,
+    ``SIMCLR_XB_MAX_BYTES``) holds at :data:`DECODED_BYTES_PER_PIXEL`. To read larger images,
+    raise ``PIL.Image.MAX_IMAGE_PIXELS`` (Python) and the budget."""
+    from PIL import Image
+    limits = []
+    if Image.MAX_IMAGE_PIXELS is not None:
+        limits.append((int(Image.MAX_IMAGE_PIXELS), "PIL.Image.MAX_IMAGE_PIXELS"))
+    budget = memory_budget()
+    if budget is not None:
+        limits.append((budget // DECODED_BYTES_PER_PIXEL,
+                       f"the memory budget of {_gib(budget)} at {DECODED_BYTES_PER_PIXEL} bytes a "
+                       f"decoded pixel; set {ENV_MAX_BYTES} to change it"))
+    return min(limits) if limits else (None, "no limit")
+
+
+def too_many_pixels(name: str, h: int | None, w: int | None, pixels: int | None = None,
+                    limit: tuple[int | None, str] | None = None) -> str | None:
+    """None if an image of (h, w) (or ``pixels`` when its sides are unknown) may be decoded,
+    else the refusal naming the file, its size and the limit."""
+    n = int(pixels) if pixels is not None else int(h) * int(w)
+    lim, why = image_pixel_limit() if limit is None else limit
+    if lim is None or n <= lim:
+        return None
+    size = f"{w}x{h} pixels ({n} in all)" if h is not None else f"{n} pixels"
+    return (f"image {name} is {size} by its header, more than the limit of {lim} pixels ({why}); "
+            f"refusing to decode it (a decompression bomb?)")
 
 
 def positive_int(value, option: str) -> int:

@@ -3,7 +3,9 @@ work, and the identity of a run folder.
 
 * :func:`check_output_file`: ``path`` is absent or a regular file (never a folder, FIFO, device
   node or socket), is not one of the command's inputs (same path or same file, e.g. a hard link
-  such as ``last.h5``), and the nearest existing folder above it is writable.
+  such as ``last.h5``), is not inside a dataset folder the command reads (``data_dirs``, see
+  :func:`dataset_folders`: a file written there would become part of the dataset, and its next
+  index scan and fingerprint would change), and the nearest existing folder above it is writable.
 * :func:`check_output_dir`: the same for a folder (``train --out``).
 * :func:`claim_run_folder`: a run folder belongs to one run. ``run.json`` in it records the run's
   id (``run_id``), when it was created and where it came from (``resumed_from``, ``init_from``).
@@ -61,6 +63,52 @@ def _same(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def dataset_folders(*specs, root: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The folders that dataset specs scan: ``folder:PATH`` and ``wds:PATH`` (a relative PATH
+    resolved as the readers resolve it, under ``root`` and the data folders); other specs
+    (files such as ``hdf5:``, named datasets) and folders that do not exist give none."""
+    out = []
+    for spec in specs:
+        if not isinstance(spec, str):
+            continue
+        kind, _, arg = spec.partition(":")
+        if kind not in ("folder", "wds") or not arg:
+            continue
+        arg = os.path.expanduser(arg)
+        try:
+            from .data import resolve_path
+            arg = resolve_path(kind, arg, root)
+        except (ValueError, OSError):  # not found: the reader names it later
+            continue
+        if os.path.isdir(arg):
+            out.append(arg)
+    return tuple(out)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies below it: some existing ancestor of ``path`` (itself
+    included) is the same folder (so symbolic links and bind mounts count)."""
+    p = Path(os.path.abspath(path))
+    for a in (p, *p.parents):
+        try:
+            if a.exists() and os.path.samefile(a, folder):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def check_not_in_dataset(path: str | os.PathLike, option: str, data_dirs=()) -> None:
+    """Refuse an output at or below one of the dataset folders ``data_dirs`` (one line naming
+    both paths)."""
+    for d in data_dirs:
+        if d is not None and _inside(Path(path), Path(d)):
+            raise OutputError(f"{option} {path} is inside the dataset folder {d}, an input of this "
+                              f"command: writing there would add files to the dataset (its next scan "
+                              f"would see them and its fingerprint would change); choose another "
+                              f"{option} outside {d}")
+
+
 def _writable_ancestor(path: Path, option: str) -> None:
     """The nearest existing folder above ``path`` must be a folder we can write into."""
     p = path.parent if str(path.parent) else Path(".")
@@ -77,10 +125,11 @@ def _writable_ancestor(path: Path, option: str) -> None:
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--out",
-                      inputs: tuple = (), parent_must_exist: bool = False) -> Path:
+                      inputs: tuple = (), parent_must_exist: bool = False, data_dirs=()) -> Path:
     """Refuse (OutputError) an output file that is not absent-or-regular, is one of ``inputs``
-    (paths; folders among them are compared as paths), or cannot be created (with
-    ``parent_must_exist``: whose folder does not exist). Returns the path."""
+    (paths; folders among them are compared as paths), lies inside one of the dataset folders
+    ``data_dirs``, or cannot be created (with ``parent_must_exist``: whose folder does not
+    exist). Returns the path."""
     path = Path(path)
     if parent_must_exist and not path.parent.is_dir():
         raise OutputError(f"{option} {path}: the folder {path.parent} does not exist (create it, or "
@@ -93,13 +142,16 @@ def check_output_file(path: str | os.PathLike, option: str = "--out",
         if i is not None and _same(path, Path(i)):
             raise OutputError(f"{option} {path} is one of this command's inputs ({i}): writing it "
                               f"would destroy the input; choose another {option}")
+    check_not_in_dataset(path, option, data_dirs)
     _writable_ancestor(path, option)
     return path
 
 
-def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Refuse an output folder that exists as something else or cannot be created/written."""
+def check_output_dir(path: str | os.PathLike, option: str = "--out", data_dirs=()) -> Path:
+    """Refuse an output folder that exists as something else, is (or lies inside) one of the
+    dataset folders ``data_dirs``, or cannot be created/written."""
     path = Path(path)
+    check_not_in_dataset(path, option, data_dirs)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is {_kind(os.stat(path).st_mode)}, expected a folder "
                           f"(or a new path): choose another {option}")

@@ -113,7 +113,7 @@ class TrainResult:
 
 
 # Fields a resumed run may change without changing its trajectory.
-RESUME_SAFE_FIELDS = {"train.max_steps", "train.log_every", "train.checkpoint_every",
+RESUME_SAFE_FIELDS = {"train.max_steps", "train.checkpoint_every",
                       "train.keep_last", "data.num_workers", "data.root", "train.compile",
                       "train.monitor_every", "train.monitor_train", "train.monitor_eval",
                       "train.tensorboard", "train.progress_every_s"}
@@ -557,7 +557,9 @@ def train(cfg: Config, out_dir: str | Path, backend: str = "torch", resume: str 
     if dataset is None:
         dataset = load_train_data(cfg)
     if is_main and getattr(dataset, "skipped", 0):
-        log(f"warning: skipped {dataset.skipped} undecodable image(s) in {dataset.source or dataset.name}")
+        big = len(getattr(getattr(dataset, "index", None), "too_large", None) or ())
+        what = f"{dataset.skipped - big} undecodable image(s)" + (f" and {big} over the pixel limit" if big else "")
+        log(f"warning: skipped {what} in {dataset.source or dataset.name}")
     per_rank = check_batch(cfg, dataset, world)
     stream = getattr(dataset, "is_stream", False)
     hw = tuple(int(v) for v in np.median(dataset.hw, axis=0)) if stream else tuple(dataset.images.shape[1:3])

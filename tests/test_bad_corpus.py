@@ -31,6 +31,18 @@ TINY = ["--backend", "torch", "--quiet", "--set", "model.width=0.125", "--set", 
         "--set", "data.num_workers=0", "--batch-size", "8", "--max-steps", "1"]
 
 
+def png_header(w: int, h: int) -> bytes:
+    """A PNG file of a few dozen bytes whose header declares w x h RGB pixels (a decompression
+    bomb's shape: the pixel data is a stub, never meant to be decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -43,6 +55,8 @@ def assert_clean_failure(r, *names: str) -> str:
     assert "Error" in out, out
     for n in names:
         assert str(n) in out, f"{n!r} not in:\n{out}"
+    error = out[out.index("Error"):].rstrip("\n")
+    assert "\n" not in error, f"the error spans several lines:\n{error}"
     return out
 
 
@@ -136,12 +150,32 @@ def W(tmp_path_factory):
         p = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).quantize(8)
         p.save(imgs / "b" / f"p{i}.png", transparency=0)  # palette with transparency
     w["imgs"] = imgs
+    (t / "imgs-link").symlink_to(imgs, target_is_directory=True)
     fimgs = t / "fimgs"
     (fimgs / "a").mkdir(parents=True)
     for i in range(8):
         Image.fromarray(np.full((8, 8), 7.5, np.float32), "F").save(fimgs / "a" / "f.tiff")
         (fimgs / "a" / "f.tiff").rename(fimgs / "a" / f"f{i}.png")
     w["fimgs"] = fimgs
+    # decompression bombs by their headers: 10^8 pixels (Pillow only warns: over 1x, under 2x of
+    # Image.MAX_IMAGE_PIXELS) and 9 * 10^8 (Pillow refuses at open: over 2x)
+    for name, side in (("bomb1x", 10000), ("bomb2x", 30000)):
+        d = t / name
+        (d / "a").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / "a" / f"ok{i}.png")
+        (d / "a" / "huge.png").write_bytes(png_header(side, side))
+        w[name] = d
+    import tarfile
+    wds = t / "wdsbomb"
+    wds.mkdir()
+    with tarfile.open(wds / "train-000000.tar", "w") as tf:
+        for key, data in (("000000", (d / "a" / "ok0.png").read_bytes()), ("000001", png_header(10000, 10000))):
+            for ext, b in (("png", data), ("cls", b"0")):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(b)
+                tf.addfile(info, __import__("io").BytesIO(b))
+    w["wdsbomb"] = wds
     # config files
     cfgs = t / "cfg"
     cfgs.mkdir()
@@ -150,7 +184,8 @@ def W(tmp_path_factory):
              "latin1.toml": b"[train]\nname = '\xe9'\n", "section.json": b'{"train": 5}',
              "nested.json": b'{"train": {"epochs": {"a": 1}}}', "preset.toml": b"preset = 3\n",
              "inf.toml": b"[optim]\nwarmup_epochs = inf\n", "seed.json": b'{"train": {"seed": 1e30}}',
-             "nan.json": b'{"model": {"bn_eps": NaN}}', "unknown.toml": b"[nope]\nx = 1\n"}
+             "nan.json": b'{"model": {"bn_eps": NaN}}', "unknown.toml": b"[nope]\nx = 1\n",
+             "log_every.toml": b"[train]\nlog_every = 10\n"}
     for n, b in files.items():
         (cfgs / n).write_bytes(b)
     w["cfg_dir"] = cfgs
@@ -182,12 +217,14 @@ def _cases():
             ("model.head_out", "10000000"), ("optim.weight_decay", "5"), ("train.seed", "true"),
             ("train.seed", "9223372036854775808"), ("optim.eta", "-Infinity")]):
         cases.append((f"set-{field}-{i}", tr(f"c{i}", "--set", f"{field}={value}"), [field]))
+    cases.append(("set-removed-log_every", tr("le", "--set", "train.log_every=5"),
+                  ["train.log_every", "removed", "train.progress_every_s"]))
     cases += [("seed-flag", tr("s1", "--seed", "-1"), ["train.seed"]),
               ("lr-flag", tr("s2", "--lr", "-0.1"), ["optim.base_lr"])]
     # --- config files (named file) -----------------------------------------------------------
     for n in ["list.json", "number.json", "string.json", "deep.json", "big.toml", "latin1.toml",
               "section.json", "nested.json", "preset.toml", "inf.toml", "seed.json", "nan.json",
-              "unknown.toml", "absent.toml"]:
+              "unknown.toml", "absent.toml", "log_every.toml"]:
         cases.append((f"config-{n}", lambda W, n=n: ["train", *TINY, "--out", o(W, "cf"),
                                                      "--config", W["cfg_dir"] / n], [n]))
     # --- counts and devices --------------------------------------------------------------------
@@ -239,6 +276,29 @@ def _cases():
                                              W["T"] / "regular" / "q.png", "--out", o(W, "bq")], ["regular"]),
         ("pack-over-source", lambda W: ["data", "pack", f"hdf5:{W['data']}", W["data"]], ["data.h5"]),
     ]
+    # --- outputs inside a dataset folder (the next scan would see them) ------------------------
+    fd = lambda W: f"folder:{W['imgs']}"  # noqa: E731
+    inside = lambda W, *n: W["imgs"].joinpath(*n)  # noqa: E731
+    cases += [
+        ("train-out-inside-data", lambda W: ["train", *TINY, "--data", fd(W), "--out", inside(W, "run1")],
+         ["--out", "inside the dataset folder", "imgs/run1"]),
+        ("train-out-inside-data-itself", lambda W: ["train", *TINY, "--data", fd(W), "--out", inside(W)],
+         ["inside the dataset folder"]),
+        ("train-out-inside-data-link", lambda W: ["train", *TINY, "--data", fd(W), "--out",
+                                                  W["T"] / "imgs-link" / "a" / "run"], ["imgs-link/a/run", "imgs"]),
+        ("features-out-inside-data", lambda W: ["features", "--checkpoint", W["T"] / "a", "--data", fd(W),
+                                                "--out", inside(W, "feats.h5")], ["--out", "inside the dataset"]),
+        ("eval-json-inside-data", lambda W: ["eval", "--checkpoint", W["T"] / "a", "--data", fd(W), "--json",
+                                             inside(W, "a", "r.json")], ["--json", "inside the dataset folder"]),
+        ("finetune-out-inside-data", lambda W: ["finetune", "--checkpoint", W["T"] / "a", "--data", fd(W),
+                                                "--epochs", "1", "--out", inside(W, "ft")], ["--out", "inside"]),
+        ("pack-hdf5-inside-data", lambda W: ["data", "pack", fd(W), inside(W, "packed.h5")],
+         ["OUT", "inside the dataset folder"]),
+        ("pack-wds-inside-data", lambda W: ["data", "pack", fd(W), "--format", "wds", inside(W, "shards")],
+         ["OUT", "inside the dataset folder"]),
+        ("views-out-inside-data", lambda W: ["views", "--data", fd(W), "--out", inside(W, "b", "v.png")],
+         ["--out", "inside the dataset folder"]),
+    ]
     # --- checkpoints ---------------------------------------------------------------------------
     cases += [
         ("eval-typo-checkpoint", lambda W: ["eval", "--checkpoint", W["T"] / "a" / "typo.h5"], ["typo.h5"]),
@@ -279,6 +339,20 @@ def _cases():
                                         "--data-root", W["cifar"]], ["data_batch_2"]),
         ("folder-float-image", lambda W: ["train", *TINY, "--out", o(W, "ff"), "--data", f"folder:{W['fimgs']}"],
          ["fimgs/a/f", ".png", "mode F"]),
+        ("folder-bomb-1x", lambda W: ["train", *TINY, "--out", o(W, "b1"), "--data", f"folder:{W['bomb1x']}"],
+         ["bomb1x/a/huge.png", "10000x10000", "100000000", "MAX_IMAGE_PIXELS", "--skip-bad-images"]),
+        ("folder-bomb-2x", lambda W: ["data", "show", f"folder:{W['bomb2x']}"],
+         ["bomb2x/a/huge.png", "900000000 pixels", "MAX_IMAGE_PIXELS"]),
+        ("folder-bomb-in-memory", lambda W: ["data", "pack", f"folder:{W['bomb1x']}", o(W, "bomb.h5")],
+         ["bomb1x/a/huge.png", "10000x10000"]),
+        ("folder-bomb-2x-in-memory", lambda W: ["data", "pack", f"folder:{W['bomb2x']}", o(W, "bomb2.h5")],
+         ["bomb2x/a/huge.png", "900000000 pixels"]),
+        ("wds-bomb", lambda W: ["data", "show", f"wds:{W['wdsbomb']}"], ["000001.png", "10000x10000"]),
+        ("cifar10-not-found", lambda W: ["eval", "--checkpoint", W["T"] / "a", "--data", "cifar10", "--data-root",
+                                         W["T"] / "cfg"], ["cifar10", "cfg", "; "]),
+        ("cifar100-not-found", lambda W: ["data", "show", "cifar100", "--root", W["T"] / "sub"], ["cifar100", "sub"]),
+        ("mnist-not-found", lambda W: ["data", "pack", "mnist", o(W, "mn.h5"), "--root", W["T"] / "sub"],
+         ["mnist", "sub"]),
         ("data-show-both-splits-fail", lambda W: ["data", "show", f"folder:{W['T'] / 'nowhere'}"], ["nowhere"]),
     ]
     return cases
@@ -300,6 +374,153 @@ def test_bad_input_gives_a_named_one_line_error(W, case):
     assert_clean_failure(r, *names)
     after = {p: p.stat().st_mtime_ns for p in before if p.exists()}
     assert after == before, "an input of the corpus was modified or removed"
+
+
+def test_outputs_inside_a_dataset_folder_leave_it_unchanged(W):
+    """Every command that writes, pointed inside the folder it reads: refused before anything is
+    written, so the folder's tree (names and files) is what it was. On the code before the fix
+    train, features, eval --json and data pack wrote into it (new files the next scan sees)."""
+    def tree():
+        return sorted((str(p.relative_to(W["imgs"])), p.is_file() and p.stat().st_mtime_ns)
+                      for p in W["imgs"].rglob("*"))
+    before = tree()
+    for case in CASES:
+        if "inside-data" in case[0]:
+            r = cli(*case[1](W))
+            assert r.exit_code != 0 and "inside the dataset folder" in r.output, (case[0], r.output)
+            assert len([ln for ln in r.output.splitlines() if ln.startswith("Error")]) == 1, r.output
+    assert tree() == before
+
+
+def test_outputs_beside_a_dataset_folder_are_fine(W, tmp_path):
+    """The check is about the dataset folder, not about its neighbours or the run folder read."""
+    from simclr_xb.outputs import check_output_dir, check_output_file, dataset_folders
+    dirs = dataset_folders(f"folder:{W['imgs']}", "shapes", f"hdf5:{W['data']}")
+    assert dirs == (str(W["imgs"]),)
+    check_output_dir(W["T"] / "imgs-run", data_dirs=dirs)  # a sibling whose name starts alike
+    check_output_file(W["T"] / "a" / "feats.h5", inputs=(W["T"] / "a",), data_dirs=dirs)  # in the run folder
+
+
+def test_multi_line_messages_become_one_line_details_under_debug(W, monkeypatch):
+    """A message of several lines (an error raised by a library, a data worker's traceback) is
+    printed as one line; the full text follows on stderr only under --debug."""
+    import simclr_xb.evaluate as E
+
+    def fail(*a, **k):
+        from simclr_xb.data import DataWorkerError
+        raise DataWorkerError("a data worker failed on step 3:\nworker 0: Traceback (most recent call last):\n"
+                              "  File \"w.py\", line 1, in run\n    decode()\nValueError: broken.png is bad\n")
+    monkeypatch.setattr(E, "evaluate", fail)
+    out = assert_clean_failure(cli("eval", "--checkpoint", W["T"] / "a"), "step 3: worker 0: ValueError: broken.png")
+    assert "--debug" in out and "decode()" not in out
+    r = CliRunner().invoke(main, ["--debug", "eval", "--checkpoint", str(W["T"] / "a")])
+    assert r.exit_code == 1 and "details:" in r.output and "decode()" in r.output, r.output
+
+
+def test_fashion_mnist_not_found_is_one_line(W, tmp_path, monkeypatch):
+    """(Fashion-MNIST may be installed on the machine: its system folders are left out here.)"""
+    import simclr_xb.data.idx as idx
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {k: () for k in idx.SYSTEM_DIRS})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SIMCLR_XB_DATA", raising=False)
+    r = cli("train", *TINY, "--out", tmp_path / "o", "--data", "fashion-mnist", "--data-root", tmp_path / "none")
+    out = assert_clean_failure(r, "'fashion-mnist' not found", "none; ", "cache")
+    assert not (tmp_path / "o" / "last.h5").exists(), out
+
+
+def test_download_failure_is_one_line(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from simclr_xb.data import DataError
+    from simclr_xb.data.download import download
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network in this test")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as e:
+        download("fashion-mnist", tmp_path)
+    assert "\n" not in str(e.value) and "no network in this test" in str(e.value), str(e.value)
+
+
+def test_a_stored_config_with_the_removed_log_every_still_loads(W):
+    """Checkpoints and config.json of runs from before train.log_every was removed hold it:
+    Config.from_json (the checkpoint reader) drops it; set by a user it is an error."""
+    from simclr_xb.config import Config, ConfigError
+    d = W["cfg"].to_dict()
+    d["train"]["log_every"] = 10
+    assert Config.from_json(json.dumps(d)) == W["cfg"]
+    with pytest.raises(ConfigError, match="train.log_every.*removed.*train.progress_every_s"):
+        Config.from_dict(d)
+
+
+def test_pixel_limit_is_checked_before_any_pixel_is_decoded(W, tmp_path, monkeypatch):
+    """Pillow's MAX_IMAGE_PIXELS (1x) and the memory budget bound the image size; an image over
+    it is refused from its header (no ImageFile.load), by the index (also from its cache) and by
+    the in-memory reader; with skip_bad_images it is left out with one warning naming it."""
+    import warnings
+
+    from PIL import ImageFile
+
+    from simclr_xb.data import DataError, load_folder
+    from simclr_xb.data.index import build_folder_index
+    monkeypatch.setenv("SIMCLR_XB_INDEX_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "imgs"
+    (d / "a").mkdir(parents=True)
+    for i, side in enumerate((16, 16, 40)):  # 256, 256, 1600 pixels
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(d / "a" / f"{i}-{side}.png")
+    assert len(build_folder_index(d)) == 3  # Pillow's default limit: all fit, and are cached
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loads.append(im) or real_load(im))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 is over 1x, under 2x
+    with pytest.raises(DataError, match=r"2-40\.png is 40x40 pixels \(1600 in all\).*limit of 1000 pixels"):
+        build_folder_index(d)  # from the cache: the sizes are checked there too
+    with pytest.raises(DataError, match=r"2-40\.png is 40x40 pixels"):
+        build_folder_index(d, use_cache=False)
+    with pytest.raises(DataError, match=r"2-40\.png is 40x40 pixels"):
+        load_folder(d)  # the in-memory reader: the two small ones decoded, not the large one
+    assert loads and all(im.size == (16, 16) for im in loads)  # the 40x40 one: never loaded
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        ix = build_folder_index(d, skip_bad_images=True)
+        ds = load_folder(d, skip_bad_images=True)
+    msgs = [str(w.message) for w in got]
+    assert len(ix) == 2 and ds.images.shape[0] == 2 and ds.skipped == 1 and len(ix.skipped) == 1
+    assert len(msgs) == 2 and all("skipped 1 image(s) over the limit of 1000 pixels" in m and "2-40.png (40x40)"
+                                  in m for m in msgs), msgs  # one each, and no DecompressionBombWarning
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the memory budget: 4 bytes a pixel
+    monkeypatch.setenv("SIMCLR_XB_MAX_BYTES", "4000")
+    with pytest.raises(DataError, match=r"limit of 1000 pixels \(the memory budget .*SIMCLR_XB_MAX_BYTES"):
+        build_folder_index(d)
+    monkeypatch.setenv("SIMCLR_XB_MAX_BYTES", str(4 * 1600))
+    assert len(build_folder_index(d)) == 3  # exactly at the limit is allowed
+
+
+def test_train_skips_a_bomb_with_skip_bad_images(W, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMCLR_XB_INDEX_CACHE", str(tmp_path / "cache"))
+    r = cli("train", *TINY, "--batch-size", "2", "--set", "train.monitor_every=0", "--data",
+            f"folder:{W['bomb1x']}", "--out", tmp_path / "o", "--skip-bad-images")
+    assert r.exit_code == 0, r.output
+    assert f"warning: skipped 0 undecodable image(s) and 1 over the pixel limit in {W['bomb1x']}" in r.output
+    assert (tmp_path / "o" / "last.h5").exists()
+
+
+def test_pillow_refusal_at_2x_is_a_named_error_or_a_skip(W, tmp_path, monkeypatch):
+    """Pillow raises DecompressionBombError at open beyond 2x: the index turns it into the same
+    named refusal (it used to escape as an internal error), or a skip."""
+    import warnings
+
+    from simclr_xb.data.index import build_folder_index
+    from simclr_xb.data.shards import build_shard_index
+    monkeypatch.setenv("SIMCLR_XB_INDEX_CACHE", str(tmp_path / "cache"))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        ix = build_folder_index(W["bomb2x"], skip_bad_images=True)
+        sx = build_shard_index(W["wdsbomb"], skip_bad_images=True)
+    assert len(ix) == 3 and len(sx) == 1, (len(ix), len(sx))
+    msgs = [str(w.message) for w in got]
+    assert len(msgs) == 2 and "huge.png (900000000 pixels)" in msgs[0] and "000001.png (10000x10000)" in msgs[1], msgs
 
 
 # --------------------------------------------------------------------------- correct results

@@ -133,7 +133,7 @@ def loop_resume(ctx, out_dir: Path) -> dict[str, np.ndarray]:
     data = Dataset(images=rng.integers(0, 256, (32, *HW, 3), dtype=np.uint8), labels=rng.integers(0, 3, 32),
                    classes=["a", "b", "c"], name="synthetic", split="train")
     cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, epochs=1, checkpoint_every=2,
-                                                             max_steps=2, log_every=1),
+                                                             max_steps=2),
                               data=dataclasses.replace(CFG.data, num_workers=0))
     quiet = dict(backend="torch", show_progress=False, dataset=data, dist=ctx, log=lambda m: None)
     train(cfg, out_dir / "A", **quiet)

@@ -128,9 +128,9 @@ def search_dirs(name: str, root: str | os.PathLike | None, extra: tuple[str, ...
 
 
 def missing_message(name: str, files: list[str], dirs: list[Path], downloadable: bool) -> str:
-    where = "\n".join(f"  {d}" for d in dirs)
-    msg = (f"dataset {name!r} not found: expected the files {', '.join(files)} in one of\n{where}\n"
-           f"Put the files in one of these folders, pass root=..., or set ${ENV_VAR}.")
+    where = "; ".join(str(d) for d in dirs)  # one line: the CLI prints errors as one line
+    msg = (f"dataset {name!r} not found: expected the files {', '.join(files)} in one of the folders "
+           f"{where}. Put the files in one of these folders, pass root=..., or set ${ENV_VAR}.")
     if downloadable:
         msg += f" Or pass download=True (CLI: --download) to fetch them into {cache_dir() / name}."
     return msg

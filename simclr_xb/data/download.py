@@ -95,7 +95,7 @@ def _fetch(remote: Remote, folder: Path, timeout: float, log: Callable[[str], No
             continue
         os.replace(tmp, target)
         return target
-    raise DataError(f"could not download {remote.filename} ({'; '.join(errors)}).\n"
+    raise DataError(f"could not download {remote.filename} ({'; '.join(errors)}). "
                     f"Without network: get {remote.filename} ({remote.algo} {remote.digest}) from "
                     f"{remote.urls[0]} on another machine and put it in {folder}, then run again "
                     f"(with download=True to have it checked{' and unpacked' if remote.extract else ''}).")

@@ -15,6 +15,11 @@ size of the project's tiny preset and of CIFAR.
 An image Pillow cannot decode raises :class:`DataError` naming the file; with
 ``skip_bad_images=True`` it is skipped instead, one ``UserWarning`` gives the count and the
 first few paths, and the count is kept in ``Dataset.skipped``.
+
+An image whose header declares more pixels than :func:`simclr_xb.inputs.image_pixel_limit`
+(Pillow's ``Image.MAX_IMAGE_PIXELS`` at 1x, lowered to the memory budget) is refused naming
+the file and its size before any pixel is decoded (:class:`ImageTooLarge`); with
+``skip_bad_images=True`` it is skipped, named in one warning.
 """
 from __future__ import annotations
 
@@ -50,13 +55,74 @@ def _class_dirs(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One file -> uint8 (size, size, 3): RGB, shorter side resized to ``size``, centre crop."""
-    with Image.open(path) as im:
+class ImageTooLarge(DataError):
+    """An image's header declares more pixels than the limit; ``entry`` names it and its size."""
+
+    def __init__(self, message: str, entry: str):
+        super().__init__(message)
+        self.entry = entry
+
+
+def decode_image(path: Path, size: int, limit: tuple[int | None, str] | None = None) -> np.ndarray:
+    """One file -> uint8 (size, size, 3): RGB, shorter side resized to ``size``, centre crop.
+    Its header's size is checked against ``limit`` (default :func:`image_pixel_limit`) before
+    any pixel is decoded (:class:`ImageTooLarge`)."""
+    from ..inputs import too_many_pixels
+    from .index import SKIP_HINT, TooManyPixels, bomb_pixels
+    with warnings.catch_warnings():  # the limit below replaces Pillow's warning at 1x
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as e:  # Pillow's own refusal at 2x
+            n = bomb_pixels(e)
+            msg = (too_many_pixels(str(path), None, None, n, limit) if n else None) or \
+                f"image {path} is too large to decode: {e}"
+            raise ImageTooLarge(f"{msg} {SKIP_HINT}", f"{path} ({n} pixels)") from TooManyPixels(n, str(e))
+    with im:
+        W, H = im.size
+        msg = too_many_pixels(str(path), H, W, limit=limit)
+        if msg:
+            raise ImageTooLarge(f"{msg} {SKIP_HINT}", f"{path} ({W}x{H})")
         im.seek(0)
         im.load()
         rgb = to_rgb_uint8(im, str(path))
     return np.asarray(fit_square(Image.fromarray(rgb), size), dtype=np.uint8)
+
+
+def _decode_all(files, size: int, skip_bad_images: bool, folder: Path) -> tuple[list, list, int]:
+    """(images, labels, number skipped) of ``files`` [(path, label)], with one warning for the
+    undecodable files and one for those over the pixel limit when skipping."""
+    from ..inputs import image_pixel_limit
+    limit = image_pixel_limit()
+    images, labels, bad, big = [], [], [], []
+    for f, label in files:
+        try:
+            images.append(decode_image(f, size, limit))
+        except ImageTooLarge as e:
+            if not skip_bad_images:
+                raise
+            big.append(e.entry)
+            continue
+        except DataError:  # to_rgb_uint8's refusal already names the file
+            if not skip_bad_images:
+                raise
+            bad.append(f)
+            continue
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            if not skip_bad_images:
+                raise DataError(f"cannot decode image {f}: {e} (pass skip_bad_images=True, CLI "
+                                f"--skip-bad-images, to skip such files)") from None
+            bad.append(f)
+            continue
+        labels.append(label)
+    if bad:
+        shown = ", ".join(str(b) for b in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        warnings.warn(f"skipped {len(bad)} undecodable image(s) in {folder}: {shown}", stacklevel=3)
+    if big:
+        shown = ", ".join(big[:3]) + (", ..." if len(big) > 3 else "")
+        warnings.warn(f"skipped {len(big)} image(s) over the limit of {limit[0]} pixels ({limit[1]}) in "
+                      f"{folder}: {shown}", stacklevel=3)
+    return images, labels, len(bad) + len(big)
 
 
 def load_folder(path: str | os.PathLike, split: str = "train", image_size: int | None = None,
@@ -82,26 +148,8 @@ def load_folder(path: str | os.PathLike, split: str = "train", image_size: int |
     if not files:
         raise DataError(f"image folder {splits[split]} holds no images (split {split!r}): expected "
                         f"{splits[split]}/<class>/<image> with extensions {', '.join(EXTENSIONS)}")
-    images, labels, bad = [], [], []
-    for f, label in files:
-        try:
-            images.append(decode_image(f, size))
-        except DataError:  # to_rgb_uint8's refusal already names the file
-            if not skip_bad_images:
-                raise
-            bad.append(f)
-            continue
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            if not skip_bad_images:
-                raise DataError(f"cannot decode image {f}: {e} (pass skip_bad_images=True, CLI "
-                                f"--skip-bad-images, to skip such files)") from None
-            bad.append(f)
-            continue
-        labels.append(label)
-    if bad:
-        shown = ", ".join(str(b) for b in bad[:3]) + (", ..." if len(bad) > 3 else "")
-        warnings.warn(f"skipped {len(bad)} undecodable image(s) in {splits[split]}: {shown}", stacklevel=2)
+    images, labels, skipped = _decode_all(files, size, skip_bad_images, splits[split])
     if not images:
         raise DataError(f"image folder {splits[split]}: none of its {len(files)} images could be decoded")
     return Dataset(images=np.stack(images), labels=np.asarray(labels, dtype=np.int64), classes=classes,
-                   name=name or f"folder:{path}", split=split, source=str(splits[split]), skipped=len(bad))
+                   name=name or f"folder:{path}", split=split, source=str(splits[split]), skipped=skipped)

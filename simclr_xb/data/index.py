@@ -15,11 +15,19 @@ is decoded). The result is cached in ``<cache>/index/<hash of the split folder>.
 ``~/.cache/simclr_xb``: never inside the user's data, which may be read-only) with a
 fingerprint of every file's relative path, size and mtime; a later build reads the sizes of
 unchanged files from the cache and the headers of new or changed files only.
+
+Decompression bombs: every image's pixel count (H x W from the header, cached or not) is
+checked against :func:`simclr_xb.inputs.image_pixel_limit` (Pillow's ``Image.MAX_IMAGE_PIXELS``
+at 1x, lowered to the memory budget) BEFORE any pixel is decoded; an image over it is refused
+naming the file and its size, or with ``skip_bad_images`` left out with one warning naming the
+files. (Pillow itself only warns from 1x and refuses from 2x.)
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -55,6 +63,7 @@ class ImageIndex:
     offset: np.ndarray | None = None
     length: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)  # those of ``skipped`` over the pixel limit
     build_s: float = 0.0  # seconds spent reading headers (0 when fully cached)
     headers_read: int = 0
 
@@ -137,11 +146,78 @@ def _save_cache(path: Path, files, sizes, mtimes, hw) -> None:
         warnings.warn(f"could not write the image index cache {path}: {e}", stacklevel=3)
 
 
+class TooManyPixels(ValueError):
+    """Pillow refused an image at open (more than 2 x Image.MAX_IMAGE_PIXELS); ``pixels`` as
+    its message gives them."""
+
+    def __init__(self, pixels: int | None, message: str):
+        super().__init__(message)
+        self.pixels = pixels
+
+
+def header_hw(src) -> tuple[int, int]:
+    """(H, W) from the header of a file (path) or of its bytes; no pixel is decoded. Pillow's
+    DecompressionBombWarning is left to the caller's pixel limit (not repeated), and its error
+    becomes :class:`TooManyPixels`."""
+    from PIL import Image
+    fp = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else os.fspath(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fp) as im:
+                W, H = im.size
+        except Image.DecompressionBombError as e:
+            raise TooManyPixels(bomb_pixels(e), str(e)) from None
+    return int(H), int(W)
+
+
+def bomb_pixels(e: Exception) -> int | None:
+    """The pixel count in Pillow's DecompressionBombError message, None if it has none."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return int(m.group(1)) if m else None
+
+
+SKIP_HINT = "(pass skip_bad_images=True, CLI --skip-bad-images, to skip such files)"
+
+
+def pixel_limit_keep(hw: np.ndarray, name_of, skip_bad_images: bool, where: str,
+                     keep: np.ndarray | None = None, big: list[str] | None = None) -> np.ndarray:
+    """The rows of ``hw`` (N, 2) within :func:`simclr_xb.inputs.image_pixel_limit` (and in
+    ``keep``). An image over it raises DataError naming ``name_of(i)`` and its size; with
+    ``skip_bad_images`` it is dropped and, with those in ``big`` (files Pillow refused at open),
+    named in one warning."""
+    from ..inputs import image_pixel_limit, too_many_pixels
+    hw = np.asarray(hw, dtype=np.int64).reshape(-1, 2)
+    keep = np.ones(len(hw), dtype=bool) if keep is None else keep.copy()
+    big = [] if big is None else big  # extended in place: the caller's list of skipped files
+    limit = image_pixel_limit()
+    if limit[0] is not None:
+        for i in np.flatnonzero(keep & (hw[:, 0] * hw[:, 1] > limit[0])):
+            msg = too_many_pixels(name_of(i), int(hw[i, 0]), int(hw[i, 1]), limit=limit)
+            if not skip_bad_images:
+                raise DataError(f"{msg} {SKIP_HINT}")
+            big.append(f"{name_of(i)} ({hw[i, 1]}x{hw[i, 0]})")
+            keep[i] = False
+    if big:
+        shown = ", ".join(big[:3]) + (", ..." if len(big) > 3 else "")
+        warnings.warn(f"skipped {len(big)} image(s) over the limit of {limit[0]} pixels ({limit[1]}) "
+                      f"in {where}: {shown}", stacklevel=3)
+    return keep
+
+
+def too_many_pixels_error(name: str, e: TooManyPixels, skip_bad_images: bool) -> str:
+    """The refusal of an image Pillow would not open; raises DataError unless skipping."""
+    from ..inputs import too_many_pixels
+    msg = too_many_pixels(name, None, None, e.pixels) if e.pixels else None
+    msg = msg or f"image {name} is too large to decode: {e}"
+    if not skip_bad_images:
+        raise DataError(f"{msg} {SKIP_HINT}")
+    return f"{name} ({e.pixels} pixels)"
+
+
 def build_folder_index(root: str | os.PathLike, split: str = "train", skip_bad_images: bool = False,
                        use_cache: bool = True) -> ImageIndex:
     """Scan ``folder:ROOT``'s ``split`` ("train" or "test") into an :class:`ImageIndex`."""
-    from .decode import read_header
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a folder")
@@ -174,13 +250,18 @@ def build_folder_index(root: str | os.PathLike, split: str = "train", skip_bad_i
     hw = np.zeros((len(files), 2), dtype=np.int64)
     keep = np.ones(len(files), dtype=bool)
     bad: list[str] = []
+    big: list[str] = []
     t0, read = time.perf_counter(), 0
     for i, key in enumerate(zip(files, sizes, mtimes)):
         got = cached.get(key)
         if got is None:
             try:
-                got = read_header(folder / key[0])
+                got = header_hw(folder / key[0])
                 read += 1
+            except TooManyPixels as e:
+                big.append(too_many_pixels_error(str(folder / key[0]), e, skip_bad_images))
+                keep[i] = False
+                continue
             except (OSError, ValueError, SyntaxError) as e:
                 if not skip_bad_images:
                     raise DataError(f"cannot decode image {folder / key[0]}: {e} (pass "
@@ -196,12 +277,13 @@ def build_folder_index(root: str | os.PathLike, split: str = "train", skip_bad_i
     if bad:
         shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
         warnings.warn(f"skipped {len(bad)} undecodable image(s) in {folder}: {shown}", stacklevel=2)
+    keep = pixel_limit_keep(hw, lambda i: str(folder / files[i]), skip_bad_images, str(folder), keep, big)
     k = np.flatnonzero(keep)
     if k.size == 0:
         raise DataError(f"image folder {folder}: none of its {len(files)} images could be read")
     return ImageIndex(root=str(folder), files=np.asarray([os.fsencode(f) for f in files], dtype=bytes)[k],
                       labels=np.asarray(labels, dtype=np.int64)[k], hw=hw[k], classes=classes,
-                      split=split, skipped=bad, build_s=build_s, headers_read=read)
+                      split=split, skipped=bad + big, too_large=big, build_s=build_s, headers_read=read)
 
 
 def size_summary(hw: np.ndarray) -> str:

@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from .common import DataError
-from .index import EXTENSIONS, ImageIndex, index_cache_dir
+from .index import (
+    EXTENSIONS,
+    ImageIndex,
+    TooManyPixels,
+    header_hw,
+    index_cache_dir,
+    pixel_limit_keep,
+    too_many_pixels_error,
+)
 
 SPLIT_PREFIXES = {"train": ("train",), "test": ("val", "test")}
 LABEL_EXT = "cls"
@@ -62,9 +70,9 @@ def shard_files(root: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _scan_shard(path: Path, skip_bad_images: bool, bad: list[str]):
+def _scan_shard(path: Path, skip_bad_images: bool, bad: list[str], big: list[str] | None = None):
     """-> lists of (key, offset, length, hw) for image members and {key: label}."""
-    from PIL import Image
+    big = bad if big is None else big
     images, labels = [], {}
     try:
         with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tf:
@@ -81,8 +89,10 @@ def _scan_shard(path: Path, skip_bad_images: bool, bad: list[str]):
                     raw.seek(m.offset_data)
                     data = raw.read(m.size)
                     try:
-                        with Image.open(io.BytesIO(data)) as im:
-                            w, h = im.size
+                        h, w = header_hw(data)
+                    except TooManyPixels as e:
+                        big.append(too_many_pixels_error(f"{path}:{m.name}", e, skip_bad_images))
+                        continue
                     except (OSError, ValueError, SyntaxError) as e:
                         if not skip_bad_images:
                             raise DataError(f"cannot decode image {path}:{m.name}: {e} (pass "
@@ -93,6 +103,19 @@ def _scan_shard(path: Path, skip_bad_images: bool, bad: list[str]):
     except tarfile.TarError as e:
         raise DataError(f"shard {path} is not a readable tar file: {e}") from None
     return images, labels
+
+
+def _within_pixel_limit(root, split, shards, skip_bad_images, big, files, *arrays):
+    """The index arrays (files first, then the others of the same length) without the images
+    over :func:`simclr_xb.inputs.image_pixel_limit` (refused, or skipped into ``big``)."""
+    hw = arrays[1]
+    keep = pixel_limit_keep(hw, lambda i: f"{shards[int(arrays[2][i])]}:{os.fsdecode(files[i])}",
+                            skip_bad_images, str(root), big=big)
+    if keep.all():
+        return (files, *arrays)
+    if not keep.any():
+        raise DataError(f"shard folder {root}: the {split} shards hold no image within the pixel limit")
+    return tuple(a[keep] for a in (files, *arrays))
 
 
 def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_images: bool = False,
@@ -118,11 +141,12 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
             files, labels, hw = z["files"], z["labels"], z["hw"]
             shard, offset, length = z["shard"], z["offset"], z["length"]
         bad: list[str] = []
-    else:
+    big: list[str] = []
+    if not from_cache:
         bad = []
         rows = []
         for si, p in enumerate(shards):
-            images, lab = _scan_shard(p, skip_bad_images, bad)
+            images, lab = _scan_shard(p, skip_bad_images, bad, big)
             for key, name, off, size, hw_ in images:
                 if key not in lab:
                     raise DataError(f"shard {p}: sample {key} has an image but no {key}.{LABEL_EXT} label")
@@ -135,7 +159,7 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
         shard = np.asarray([r[3] for r in rows], dtype=np.int64)
         offset = np.asarray([r[4] for r in rows], dtype=np.int64)
         length = np.asarray([r[5] for r in rows], dtype=np.int64)
-        if use_cache and not bad:
+        if use_cache and not bad and not big:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}.npz")
@@ -145,6 +169,8 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
                 warnings.warn(f"could not write the shard index cache {cache}: {e}", stacklevel=2)
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {root}: {', '.join(bad[:3])}", stacklevel=2)
+    files, labels, hw, shard, offset, length = _within_pixel_limit(
+        root, split, shards, skip_bad_images, big, files, labels, hw, shard, offset, length)
     if classes_file.is_file():
         classes = [str(c) for c in json.loads(classes_file.read_text())]
     else:
@@ -154,7 +180,7 @@ def build_shard_index(root: str | os.PathLike, split: str = "train", skip_bad_im
                         f"{len(classes)} classes are named")
     return ImageIndex(root=str(root), files=files, labels=labels, hw=hw, classes=classes, split=split,
                       kind="tar", shards=[str(p) for p in shards], shard=shard, offset=offset,
-                      length=length, skipped=bad, build_s=time.perf_counter() - t0,
+                      length=length, skipped=bad + big, too_large=big, build_s=time.perf_counter() - t0,
                       headers_read=0 if from_cache else len(files))
 
 

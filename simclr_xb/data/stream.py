@@ -132,7 +132,11 @@ class DecodeSpec:
     size: int
     resample: str = "bilinear"
     draft: bool = True
-    resize: str = "pillow"  # "pillow" | "torch" (resolved: simclr_xb.data.decode.resolve_resize)
+    resize: str = "auto"  # data.resize; "auto" is resolved here to "pillow" or "torch"
+
+    def __post_init__(self):
+        from .decode import resolve_resize
+        object.__setattr__(self, "resize", resolve_resize(self.resize))
 
 
 def decode_batch(index: ImageIndex, idx: np.ndarray, boxes: np.ndarray, spec: DecodeSpec,
@@ -225,8 +229,7 @@ class StreamLoader(_Closes):
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.skip_bad_images = bool(skip_bad_images)
-        from .decode import resolve_resize
-        self.spec = DecodeSpec(self.size, resample, bool(draft), resolve_resize(resize))
+        self.spec = DecodeSpec(self.size, resample, bool(draft), resize)
         self.log = log
         self.warned: set[str] = set()
         self._procs: list = []
