@@ -327,3 +327,29 @@ def test_real_torchvision_baseline_at_a_tiny_size(tmp_path):
         assert out["size"] == 96 and out["workers"] == 1 and "torchvision" in out["versions"]
     with pytest.raises(ValueError, match="not in .*first: c00/missing.jpg"):
         data_loaders.torchvision(python, str(root), files[:3] + ["c00/missing.jpg"], 32, "full", 1, 2, 1)
+
+
+def test_steady_cpu_counts_the_live_workers(tmp_path, monkeypatch):
+    """steady_cpu_s adds the workers' /proc CPU to the main process's; ours' steady epoch
+    hands it the pids of the StreamLoader's live workers (a loader without them would count
+    the main process only)."""
+    import os
+
+    from simclr_xb.bench import data_loaders, tv_baseline
+    assert tv_baseline.proc_cpu_s(os.getpid()) > 0  # this process has run: the /proc parse reads it
+    ticks = {101: iter([1.0, 3.5]), 102: iter([2.0, 2.25])}
+    monkeypatch.setattr(tv_baseline, "proc_cpu_s", lambda pid: next(ticks[pid]))
+    cpu, wall = tv_baseline.steady_cpu_s([101, 102], lambda: None)
+    assert cpu >= 2.75 and wall >= 0  # 2.5 + 0.25 from the workers, and the main process's own
+    seen = []
+
+    def spy(pids, run):
+        seen.append(list(pids))
+        run()
+        return 1.0, 1.0
+    monkeypatch.setattr(data_loaders, "steady_cpu_s", spy)
+    from simclr_xb.bench.data import make_jpeg_folder
+    from simclr_xb.data import open_dataset
+    ds = open_dataset(f"folder:{make_jpeg_folder(tmp_path / 'jpegs', 8)}")
+    cpu, wall, pairs = data_loaders._stream_steady(ds, np.arange(8), 32, 2, 4, "pillow")
+    assert pairs == 8 and len(seen) == 1 and len(seen[0]) == 2 and all(p > 0 for p in seen[0])
