@@ -252,6 +252,10 @@ def test_bench_data_tiny_with_a_fake_torchvision_interpreter(tmp_path, monkeypat
     assert len(t) == 4 and all(n.startswith("torchvision ") for n in t)
     assert t["torchvision full / ours CPU-ms per pair at 224 px"]["target"] == TARGETS["vs_usual_full_224"]
     assert t["torchvision full / ours CPU-ms per pair at 224 px"]["value"] == ratios[224]["vs_torchvision_full"]
+    from simclr_xb.bench.data_table import table
+    md = table(data)
+    assert "| torchvision full / ours (goal >= 2.5 at 224) |" in md and "targets from torchvision" in md
+    assert f"{ratios[224]['vs_torchvision_full']:.2f}x" in md
     e2e = {x["mode"]: x for x in data["rows"] if x["bench"] == "e2e"}
     assert set(e2e) == {"e2e", "in-memory", "model"} and "share" in e2e["e2e"]["note"]
     assert e2e["e2e"]["of_model_ceiling"] == pytest.approx(e2e["e2e"]["images_per_s"] / e2e["model"]["images_per_s"])
