@@ -142,12 +142,17 @@ def test_whole_image_at_its_own_size_is_the_identity(api, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_hflip(api, dtype):
+@pytest.mark.parametrize("op", ["hflip", "grayscale"])
+def test_masked_op(api, dtype, op):
+    """hflip / grayscale on the views whose mask is set; the others untouched, bitwise."""
     x = floats(np.random.default_rng(3))
-    flip = np.array([1, 0, 1, 1, 0, 0], bool)
-    out = api.hflip(cast(x, dtype), flip, dtype)
-    _check_image(api, "augment.hflip", dtype, out, R.hflip(x, flip))
-    np.testing.assert_array_equal(api.hflip(x, np.zeros(6, bool), "float64"), x)
+    mask = np.array([1, 0, 1, 1, 0, 1], bool)
+    out = getattr(api, op)(cast(x, dtype), mask, dtype)
+    _check_image(api, f"augment.{op}", dtype, out, getattr(R, op)(x, mask))
+    np.testing.assert_array_equal(out[[1, 4]], cast(x, dtype)[[1, 4]])
+    np.testing.assert_array_equal(getattr(api, op)(x, np.zeros(6, bool), "float64"), x)
+    if op == "grayscale":
+        assert np.all(out[0, ..., 0] == out[0, ..., 2]) and np.all(out[0, ..., 0] == out[0, ..., 1])
 
 
 COLOR_OPS = ["adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue"]
@@ -238,16 +243,6 @@ def test_color_jitter_all_off_is_identity(api, dtype):
     x = cast(floats(rng), dtype)
     p = _jitter_params(rng, 6, np.zeros(6, bool))
     np.testing.assert_array_equal(api.color_jitter(x, p, dtype), x)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_grayscale(api, dtype):
-    x = floats(np.random.default_rng(9))
-    mask = np.array([1, 0, 1, 0, 0, 1], bool)
-    out = api.grayscale(cast(x, dtype), mask, dtype)
-    _check_image(api, "augment.grayscale", dtype, out, R.grayscale(x, mask))
-    assert np.all(out[0, ..., 0] == out[0, ..., 2])
-    np.testing.assert_array_equal(out[1], cast(x, dtype)[1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -403,14 +398,18 @@ ENCODER_CASE = {"resnet18_cifar_16px": "encoder.resnet18_cifar",
                 "resnet50_imagenet_64px": "encoder.resnet50_imagenet_stem"}
 
 
+def encoder_inputs(name, dtype, seed, num_classes=None):
+    """(cfg, n, x, weights) of ENCODERS[name], rounded to ``dtype`` and held in float64."""
+    cfg, size, n = ENCODERS[name]
+    x = cast(cast(np.random.default_rng(seed).random((n, size, size, 3)), dtype), "float64")
+    return cfg, n, x, cast_weights(cast_weights(perturbed_weights(cfg, num_classes=num_classes), dtype), "float64")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("name", list(ENCODERS))
 def test_encoder(api, dtype, train, name):
-    cfg, size, n = ENCODERS[name]
-    rng = np.random.default_rng(18)
-    x = cast(cast(rng.random((n, size, size, 3)), dtype), "float64")
-    w = cast_weights(cast_weights(perturbed_weights(cfg), dtype), "float64")
+    cfg, n, x, w = encoder_inputs(name, dtype, 18)
     h, up = api.encoder(cast(x, dtype), cast_weights(w, dtype), cfg, train, dtype)
     rh, rup = R.encoder(x, w, cfg, train)
     assert h.shape == (n, feature_dim(cfg)) and bool(up) == train
@@ -424,10 +423,7 @@ def test_encoder(api, dtype, train, name):
 @pytest.mark.parametrize("name", list(ENCODERS))
 def test_forward(api, dtype, train, name):
     """encoder + head in one call; the probe entries of the weights are ignored."""
-    cfg, size, n = ENCODERS[name]
-    rng = np.random.default_rng(20)
-    x = cast(cast(rng.random((n, size, size, 3)), dtype), "float64")
-    w = cast_weights(cast_weights(perturbed_weights(cfg, num_classes=3), dtype), "float64")
+    cfg, n, x, w = encoder_inputs(name, dtype, 20, num_classes=3)
     h, z, up = api.forward(cast(x, dtype), cast_weights(w, dtype), cfg, train, dtype)
     rh, rz, rup = R.forward(x, w, cfg, train)
     assert h.shape == (n, feature_dim(cfg)) and z.shape == (n, cfg.head_out)
@@ -864,16 +860,12 @@ def _off(w, key="encoder.bn1.weight"):
 
 
 def _encoder_pair(name):
-    cfg, size, n = ENCODERS[name]
-    x = np.random.default_rng(18).random((n, size, size, 3))
-    w = perturbed_weights(cfg)
+    cfg, _, x, w = encoder_inputs(name, "float64", 18)
     return R.encoder(x, _off(w), cfg, True)[0], R.encoder(x, w, cfg, True)[0]
 
 
 def _forward_pair(name):
-    cfg, size, n = ENCODERS[name]
-    x = np.random.default_rng(20).random((n, size, size, 3))
-    w = perturbed_weights(cfg, num_classes=3)
+    cfg, _, x, w = encoder_inputs(name, "float64", 20, num_classes=3)
     return R.forward(x, _off(w), cfg, True)[1], R.forward(x, w, cfg, True)[1]
 
 
