@@ -88,14 +88,20 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
     # and without it (MLX's reference BLAS), the second figure for MLX.
     "encoder.resnet18_imagenet_stem.train": {"float32": Tolerance(3e-4, 1e-5, (
         "resnet18, ImageNet stem at 32 px (8 images): layer4's 1x1 maps leave train-mode BN 8 "
-        "values per channel, which amplifies float32 rounding: measured max abs h 2.5e-5 torch, "
-        "3.3e-5 / 5.3e-5 mlx (max |h| 5.4), BN updates <= 4.6e-7. Teeth: a 1% error in "
+        "values per channel, which amplifies float32 rounding: measured max abs h 3.2e-5 torch, "
+        "7.1e-5 / 7.6e-5 mlx over two input seeds (max |h| 5.4), BN updates <= 4.6e-7. Teeth: a 1% error in "
         "encoder.bn1.weight moves h 2.3e-1 (tests/test_backends.py). float64 passes at 1e-10."))},
     "encoder.resnet50_cifar.train": {"float32": Tolerance(1e-3, 1e-5, (
         "resnet50, CIFAR stem at 16 px (4 images): layer4's 2x2 maps leave train-mode BN 16 "
-        "values per channel: measured max abs h 6.3e-5 torch, 1.3e-4 / 1.6e-4 mlx (max |h| 3.3), "
-        "BN updates 3.0e-5 torch, 1.1e-4 mlx; 1e-3 as encoder.resnet50_imagenet_stem.train. "
+        "values per channel: measured max abs h 6.3e-5 torch, 1.8e-4 / 1.8e-4 mlx over two input "
+        "seeds (max |h| 3.3), BN updates 3.0e-5 torch, 1.1e-4 mlx; 1e-3 as encoder.resnet50_imagenet_stem.train. "
         "Teeth: a 1% error in encoder.bn1.weight moves h 2.8e-1. float64 passes at 1e-10."))},
+    "encoder.resnet50_cifar.eval": {"float32": Tolerance(5e-4, 1e-5, (
+        "resnet50, CIFAR stem at 16 px, eval mode with perturbed BN statistics: h reaches 142, "
+        "and 53 float32 layers leave errors of a few ulps of the output's scale, not of each "
+        "entry (as encoder.resnet50_imagenet_stem.eval): measured max abs h 8.5e-5 torch, "
+        "7.5e-5 / 7.3e-5 mlx over two input seeds, at entries of 0.3. Teeth: a 1% error in "
+        "encoder.bn1.weight moves h 2.5e-1. float64 passes at 1e-10."))},
     "forward.resnet18_cifar.train": {"float32": Tolerance(1e-4, 1e-5, (
         "z of api.forward (encoder + head, train mode, resnet18 CIFAR 16 px, 4 images): the "
         "encoder's float32 error (h 3.5e-6 torch, 1.3e-5 mlx) goes through the head's train-mode "
@@ -124,9 +130,8 @@ OVERRIDES: dict[str, dict[str, Tolerance]] = {
 }
 
 
-# The other names tests/test_backends.py looks up without an entry take the default (measured
-# there, float32, same runs): encoder.resnet18_imagenet_stem.eval 1.9e-6, encoder.resnet50_cifar.eval
-# 8.5e-5 at |h| up to 142 (inside 1e-5 + 1e-5 |h|).
+# The other name tests/test_backends.py looks up without an entry takes the default (measured
+# there, float32, same runs): encoder.resnet18_imagenet_stem.eval 1.9e-6 (max |h| 3.3).
 
 
 # The tf2 recipe cases (augment.tf2.*, nt_xent*.tf2.*, train_step.1.tf2) need no override:

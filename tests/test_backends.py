@@ -859,9 +859,9 @@ def _off(w, key="encoder.bn1.weight"):
     return {**w, key: w[key] * 1.01}
 
 
-def _encoder_pair(name):
+def _encoder_pair(name, train=True):
     cfg, _, x, w = encoder_inputs(name, "float64", 18)
-    return R.encoder(x, _off(w), cfg, True)[0], R.encoder(x, w, cfg, True)[0]
+    return R.encoder(x, _off(w), cfg, train)[0], R.encoder(x, w, cfg, train)[0]
 
 
 def _forward_pair(name):
@@ -881,6 +881,7 @@ def _probe_pair():
 
 TEETH = {"encoder.resnet18_imagenet_stem.train": ("float32", lambda: _encoder_pair("resnet18_imagenet_32px")),
          "encoder.resnet50_cifar.train": ("float32", lambda: _encoder_pair("resnet50_cifar_16px")),
+         "encoder.resnet50_cifar.eval": ("float32", lambda: _encoder_pair("resnet50_cifar_16px", False)),
          **{f"forward.{ENCODER_CASE[name].split('.')[1]}.train": ("float32", lambda n=name: _forward_pair(n))
             for name in ENCODERS},
          "probe.step": ("float64", _probe_pair)}
