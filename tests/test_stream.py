@@ -502,3 +502,18 @@ def test_resumed_run_on_a_folder_ends_with_the_same_weights(folder, tmp_path):
     assert a.step == b.step == 5
     for k in a.weights:
         np.testing.assert_array_equal(a.weights[k], b.weights[k], err_msg=k)
+
+
+def test_torch_resize_leaves_the_callers_threads_alone(folder):
+    """Decoding in the caller (num_workers = 0) with the torch resizer must not change the
+    training process's torch thread count (it once set it to 1 as a side effect)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ds = open_dataset(f"folder:{folder}")
+        with StreamLoader(ds, 4, pair_params(), 32, num_workers=0, resize="torch") as L:
+            next(iter(L.epoch(0)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

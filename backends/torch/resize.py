@@ -10,7 +10,10 @@ path (AVX2 on x86-64), measured 3-5x cheaper than Pillow's resampler at 32-224 p
 (benchmarks/README.md). It rounds like Pillow up to one uint8 level (bilinear) or two
 (bicubic): conformance cases ``data.decode_crop_resize.torch*``.
 
-One thread per worker process: the workers are the parallelism (``data.num_workers``).
+Threads: a decode worker process starts with one intra-op thread (the workers are the
+parallelism, ``data.num_workers``; :func:`simclr_xb.data.stream._worker_main` sets
+``OMP_NUM_THREADS=1`` before torch is first imported there); called in the training process
+(``num_workers = 0``) it uses that process's threads and changes nothing.
 """
 from __future__ import annotations
 
@@ -19,16 +22,11 @@ import torch
 import torch.nn.functional as F
 
 MODES = {"bilinear": "bilinear", "bicubic": "bicubic"}
-_threads_set = False
 
 
 def resize_views(img: np.ndarray, boxes: np.ndarray, size: int, resample: str, out: np.ndarray) -> None:
     """img (H, W, 3) uint8 -> out[k] (size, size, 3) uint8: box k (top, left, height, width),
     integer pixels of ``img``, resized as an image of its own."""
-    global _threads_set
-    if not _threads_set:
-        torch.set_num_threads(1)
-        _threads_set = True
     if not img.flags.writeable:
         img = img.copy()
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0)  # NCHW view of HWC

@@ -168,6 +168,9 @@ def _worker_main(wid: int, index: ImageIndex, spec: DecodeSpec, shm_name: str, s
     positions lo..lo+len(idx) of its slot), fill that part of the slot, report."""
     from multiprocessing import shared_memory
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # One thread per worker (the workers are the parallelism): read by torch when the torch
+    # resizer first imports it here (data.resize = torch), and by any other OpenMP library.
+    os.environ["OMP_NUM_THREADS"] = "1"
     shm = shared_memory.SharedMemory(name=shm_name)
     try:
         ring = np.ndarray((n_slots,) + slot_shape, dtype=np.uint8, buffer=shm.buf)
